@@ -1,0 +1,195 @@
+//! Who is calling. Every handler takes a [`Principal`] and states its rule with one of the
+//! access methods below, so the rule is visible at the top of the handler.
+//!
+//! A token only points at a database row (a user or an `api_tokens` entry); that row decides
+//! the role, and a disabled user or revoked token stops working at once.
+
+mod password;
+mod token;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{FromRequest, HttpRequest, web};
+use chrono::Utc;
+use futures_util::future::LocalBoxFuture;
+
+pub use self::password::{MIN_PASSWORD_CHARS, hash_password, verify_password};
+pub use self::token::{Claims, IssuedToken, TokenKeys, TokenKind};
+use crate::db::{self, audit::Actor};
+use crate::domain::{ActorKind, DonorId, MachineId, Requester, Role, TokenId, UserId};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin { user_id: UserId, email: String },
+    Donor { user_id: UserId, donor_id: DonorId, email: String },
+    Service { token_id: TokenId, name: String },
+    Agent { token_id: TokenId, machine_id: MachineId },
+}
+
+/// Which donors' data a caller may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DonorScope {
+    All,
+    Own(DonorId),
+}
+
+impl DonorScope {
+    /// The donor to filter on, if any.
+    pub fn only(self) -> Option<DonorId> {
+        match self {
+            DonorScope::All => None,
+            DonorScope::Own(donor) => Some(donor),
+        }
+    }
+
+    pub fn covers(self, donor: DonorId) -> bool {
+        self.only().is_none_or(|own| own == donor)
+    }
+}
+
+impl Principal {
+    pub fn role(&self) -> Role {
+        match self {
+            Principal::Admin { .. } => Role::Admin,
+            Principal::Donor { .. } => Role::Donor,
+            Principal::Service { .. } => Role::Ci,
+            Principal::Agent { .. } => Role::Agent,
+        }
+    }
+
+    pub fn user_id(&self) -> Option<UserId> {
+        match self {
+            Principal::Admin { user_id, .. } | Principal::Donor { user_id, .. } => Some(*user_id),
+            _ => None,
+        }
+    }
+
+    /// How this caller appears in the audit log.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Principal::Admin { user_id, email } | Principal::Donor { user_id, email, .. } => {
+                Actor { kind: ActorKind::User, id: Some(user_id.0), name: email.clone() }
+            }
+            Principal::Service { token_id, name } => {
+                Actor { kind: ActorKind::Service, id: Some(token_id.0), name: name.clone() }
+            }
+            Principal::Agent { token_id, machine_id } => {
+                Actor { kind: ActorKind::Agent, id: Some(token_id.0), name: format!("agent of machine {machine_id}") }
+            }
+        }
+    }
+
+    /// Ops only.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin { .. } => Ok(()),
+            _ => Err(self.refuse(&[Role::Admin])),
+        }
+    }
+
+    /// Ops (everything) or a donor (its own data).
+    pub fn admin_or_donor(&self) -> Result<DonorScope, ApiError> {
+        match self {
+            Principal::Admin { .. } => Ok(DonorScope::All),
+            Principal::Donor { donor_id, .. } => Ok(DonorScope::Own(*donor_id)),
+            _ => Err(self.refuse(&[Role::Admin, Role::Donor])),
+        }
+    }
+
+    /// Reading the inventory: ops and service accounts see all of it, a donor its own part.
+    pub fn inventory_reader(&self) -> Result<DonorScope, ApiError> {
+        match self {
+            Principal::Admin { .. } | Principal::Service { .. } => Ok(DonorScope::All),
+            Principal::Donor { donor_id, .. } => Ok(DonorScope::Own(*donor_id)),
+            Principal::Agent { .. } => Err(self.refuse(&[Role::Admin, Role::Donor, Role::Ci])),
+        }
+    }
+
+    /// Who is asking, in the lifecycle table's terms. Only meaningful after
+    /// [`admin_or_donor`](Self::admin_or_donor) has let the caller in.
+    pub fn requester(&self) -> Requester {
+        match self {
+            Principal::Admin { .. } => Requester::Ops,
+            _ => Requester::Donor,
+        }
+    }
+
+    fn refuse(&self, allowed: &[Role]) -> ApiError {
+        let allowed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        ApiError::forbidden(format!(
+            "this endpoint is open to the {} role(s); you are `{}`",
+            allowed.join(", "),
+            self.role()
+        ))
+    }
+}
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let header = req.headers().get(AUTHORIZATION).map(|v| v.to_str().map(str::to_owned));
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
+            let token = match header {
+                None => return Err(ApiError::unauthenticated("send a bearer token in the Authorization header")),
+                Some(Err(_)) => return Err(ApiError::unauthenticated("the Authorization header is not valid text")),
+                Some(Ok(value)) => bearer_token(&value)
+                    .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer <token>`"))?
+                    .to_owned(),
+            };
+            let claims = state.tokens.verify(&token)?;
+            let mut conn = state.db().await?;
+            resolve(&mut conn, &claims).await
+        })
+    }
+}
+
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Looks up the row a verified token points at and turns it into a principal.
+async fn resolve(conn: &mut diesel_async::AsyncPgConnection, claims: &Claims) -> Result<Principal, ApiError> {
+    match claims.typ {
+        TokenKind::User => {
+            let user = db::users::find(conn, UserId(claims.sub))
+                .await?
+                .ok_or_else(|| ApiError::unauthenticated("the account no longer exists"))?;
+            if user.disabled_at.is_some() {
+                return Err(ApiError::unauthenticated("the account is disabled"));
+            }
+            match (user.role, user.donor_id) {
+                (Role::Admin, _) => Ok(Principal::Admin { user_id: user.id, email: user.email }),
+                (Role::Donor, Some(donor_id)) => Ok(Principal::Donor { user_id: user.id, donor_id, email: user.email }),
+                _ => Err(ApiError::internal(anyhow::anyhow!("user {} has an impossible role", user.id))),
+            }
+        }
+        TokenKind::Service | TokenKind::Agent => {
+            let row = db::api_tokens::find(conn, TokenId(claims.jti))
+                .await?
+                .filter(|row| row.id.0 == claims.sub)
+                .ok_or_else(|| ApiError::unauthenticated("the token is not known to this server"))?;
+            if row.revoked_at.is_some() {
+                return Err(ApiError::unauthenticated("the token has been revoked"));
+            }
+            if row.expires_at <= Utc::now() {
+                return Err(ApiError::unauthenticated("the token has expired"));
+            }
+            match (claims.typ, row.role, row.machine_id) {
+                (TokenKind::Service, Role::Ci, _) => Ok(Principal::Service { token_id: row.id, name: row.name }),
+                (TokenKind::Agent, Role::Agent, Some(machine_id)) => {
+                    Ok(Principal::Agent { token_id: row.id, machine_id })
+                }
+                _ => Err(ApiError::unauthenticated("the token does not match its record")),
+            }
+        }
+    }
+}

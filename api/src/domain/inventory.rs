@@ -1,0 +1,180 @@
+//! What the inventory is made of: architectures, sites, donors, health, labels.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::validation::{FieldErrors, check_email, check_optional_text, check_text};
+
+text_enum! {
+    /// CPU architecture of a machine.
+    pub enum Arch {
+        X86_64 => "x86_64",
+        Aarch64 => "aarch64",
+        Riscv64 => "riscv64",
+        Loongarch64 => "loongarch64",
+    }
+}
+
+text_enum! {
+    /// What kind of place a site is.
+    pub enum SiteKind {
+        /// The foundation's own lab: space, power and network provided by the foundation.
+        FoundationLab => "foundation_lab",
+        /// A donor's premises, where usage-right donations run.
+        DonorSite => "donor_site",
+        /// A public cloud region.
+        CloudRegion => "cloud_region",
+    }
+}
+
+text_enum! {
+    /// A public cloud provider.
+    pub enum CloudProvider {
+        Aws => "aws",
+        HuaweiCloud => "huawei_cloud",
+        Ctyun => "ctyun",
+    }
+}
+
+text_enum! {
+    /// What kind of organisation a donor is.
+    pub enum DonorKind {
+        Company => "company",
+        University => "university",
+        Individual => "individual",
+        Other => "other",
+    }
+}
+
+text_enum! {
+    /// Whether a machine is usable right now. Derived from heartbeats and SSH checks, and kept
+    /// apart from the lifecycle (what the machine is doing in its donation's life).
+    pub enum Health {
+        Unknown => "unknown",
+        Healthy => "healthy",
+        Degraded => "degraded",
+        Unreachable => "unreachable",
+    }
+}
+
+/// A hardware accelerator in a machine (GPU, NPU, FPGA...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Accelerator {
+    /// Kind of device, e.g. `gpu`, `npu`, `fpga`.
+    pub kind: String,
+    /// Vendor model name.
+    pub model: String,
+    /// How many of this device the machine has.
+    #[serde(default = "one")]
+    pub count: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl Accelerator {
+    pub fn validate(&self, field: &str, errors: &mut FieldErrors) {
+        check_text(errors, &format!("{field}.kind"), &self.kind, 32);
+        check_text(errors, &format!("{field}.model"), &self.model, 128);
+        if !(1..=64).contains(&self.count) {
+            errors.add(format!("{field}.count"), "must be between 1 and 64");
+        }
+    }
+}
+
+/// A person to talk to at a donor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    pub name: String,
+    pub email: String,
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// What they are the contact for, e.g. `technical`, `legal`, `shipping`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+impl Contact {
+    pub fn validate(&self, field: &str, errors: &mut FieldErrors) {
+        check_text(errors, &format!("{field}.name"), &self.name, 200);
+        if let Err(problem) = check_email(&self.email) {
+            errors.add(format!("{field}.email"), problem);
+        }
+        check_optional_text(errors, &format!("{field}.phone"), self.phone.as_deref(), 64);
+        check_optional_text(errors, &format!("{field}.role"), self.role.as_deref(), 64);
+    }
+}
+
+/// Free-form `key=value` labels on a machine, used by schedulers to match requirements.
+pub type Labels = BTreeMap<String, String>;
+
+/// The largest number of labels a machine may carry.
+pub const MAX_LABELS: usize = 64;
+
+/// Checks one label key: 1 to 63 characters of `a-z A-Z 0-9 . _ - /`, starting with a letter
+/// or digit (the Kubernetes label-key alphabet, so labels can be mirrored there).
+pub fn check_label_key(key: &str) -> Result<(), &'static str> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
+    match key.chars().next() {
+        None => Err("label key must not be empty"),
+        Some(_) if key.len() > 63 => Err("label key must be at most 63 characters"),
+        Some(first) if !first.is_ascii_alphanumeric() => Err("label key must start with a letter or digit"),
+        Some(_) if !key.chars().all(valid_char) => {
+            Err("label key may only contain letters, digits, '.', '_', '-' and '/'")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks one label value: up to 255 characters, no control characters.
+pub fn check_label_value(value: &str) -> Result<(), &'static str> {
+    if value.chars().count() > 255 {
+        Err("label value must be at most 255 characters")
+    } else if value.chars().any(char::is_control) {
+        Err("label value must not contain control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// Validates a whole label set, reporting each bad key or value under `field.<key>`.
+pub fn validate_labels(field: &str, labels: &Labels, errors: &mut FieldErrors) {
+    if labels.len() > MAX_LABELS {
+        errors.add(field, format!("at most {MAX_LABELS} labels are allowed"));
+    }
+    for (key, value) in labels {
+        if let Err(problem) = check_label_key(key) {
+            errors.add(format!("{field}.{key}"), problem);
+        } else if let Err(problem) = check_label_value(value) {
+            errors.add(format!("{field}.{key}"), problem);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_keys_follow_the_kubernetes_alphabet() {
+        assert!(check_label_key("board").is_ok());
+        assert!(check_label_key("fleetyard.io/rack-zone_2").is_ok());
+        assert!(check_label_key("").is_err());
+        assert!(check_label_key("-lead").is_err());
+        assert!(check_label_key("has space").is_err());
+        assert!(check_label_key(&"k".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn arch_spellings_round_trip() {
+        for arch in Arch::ALL {
+            assert_eq!(arch.as_str().parse::<Arch>().unwrap(), *arch);
+        }
+        assert!("sparc64".parse::<Arch>().is_err());
+    }
+}

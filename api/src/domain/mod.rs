@@ -1,0 +1,32 @@
+//! Fleetyard's rules as pure code: no IO, no HTTP, no SQL.
+//!
+//! Types here derive their wire representations (serde, utoipa, diesel's `AsExpression`
+//! marker) so that every layer speaks the same vocabulary, but nothing in this module opens a
+//! connection, reads a clock it was not given, or knows about actix.
+
+#[macro_use]
+mod macros;
+
+pub mod donation;
+pub mod ids;
+pub mod inventory;
+pub mod lifecycle;
+pub mod role;
+pub mod usage_policy;
+pub mod validation;
+
+pub use donation::{DonationAction, DonationModel, DonationStatus};
+pub use ids::{DonationId, DonorId, MachineId, SiteId, TokenId, UserId};
+pub use inventory::{Accelerator, Arch, CloudProvider, Contact, DonorKind, Health, Labels, SiteKind};
+pub use lifecycle::{LifecycleState, Requester};
+pub use role::{ActorKind, Role};
+pub use usage_policy::UsagePolicy;
+pub use validation::{FieldError, FieldErrors};
+
+/// A value that is not one of an enumeration's spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a valid {kind}")]
+pub struct UnknownVariant {
+    pub kind: &'static str,
+    pub value: String,
+}

@@ -1,0 +1,219 @@
+//! Field-level validation: collect every problem with the field it belongs to, then refuse
+//! the request once, before anything is written.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One problem with one field of a request, e.g. `machines[2].memory_mib`: "must be positive".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Path to the field in the request, in `a.b[0].c` form.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Every problem found in one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A single problem with a single field.
+    pub fn one(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        let mut errors = Self::new();
+        errors.add(field, problem);
+        errors
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), problem: problem.into() });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[FieldError] {
+        &self.0
+    }
+
+    /// `Ok(())` when nothing was found, the collected problems otherwise.
+    pub fn into_result(self) -> Result<(), FieldErrors> {
+        if self.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+/// Requires a non-blank text of at most `max_chars` characters without control characters.
+pub fn check_text(errors: &mut FieldErrors, field: &str, value: &str, max_chars: usize) {
+    if value.trim().is_empty() {
+        errors.add(field, "must not be blank");
+    } else if value.chars().count() > max_chars {
+        errors.add(field, format!("must be at most {max_chars} characters"));
+    } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        errors.add(field, "must not contain control characters");
+    }
+}
+
+/// Like [`check_text`], for a field that may be absent.
+pub fn check_optional_text(errors: &mut FieldErrors, field: &str, value: Option<&str>, max_chars: usize) {
+    if let Some(value) = value {
+        check_text(errors, field, value, max_chars);
+    }
+}
+
+/// A host name (RFC 1123) or an IPv4/IPv6 address literal.
+pub fn check_host(value: &str) -> Result<(), &'static str> {
+    if value.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if value.is_empty() {
+        return Err("must not be empty");
+    }
+    if value.len() > 253 {
+        return Err("must be at most 253 characters");
+    }
+    let host = value.strip_suffix('.').unwrap_or(value);
+    for label in host.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("must be a valid host name: each dot-separated label 1 to 63 characters");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err("must be a valid host name: only letters, digits, '-' and '.'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("must be a valid host name: a label may not start or end with '-'");
+        }
+    }
+    if host.rsplit('.').next().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+        return Err("must be a valid host name or IP address");
+    }
+    Ok(())
+}
+
+/// An email address, checked with the `email_address` crate's RFC 5322 parser.
+pub fn check_email(value: &str) -> Result<(), &'static str> {
+    if value.len() > 254 {
+        return Err("must be at most 254 characters");
+    }
+    if email_address::EmailAddress::is_valid(value) && value.contains('.') {
+        Ok(())
+    } else {
+        Err("must be a valid email address like name@example.org")
+    }
+}
+
+/// An IANA time zone name such as `Asia/Shanghai`.
+pub fn check_time_zone(value: &str) -> Result<chrono_tz::Tz, String> {
+    value.parse::<chrono_tz::Tz>().map_err(|_| format!("`{value}` is not an IANA time zone name like Asia/Shanghai"))
+}
+
+/// An asset tag: 1 to 64 characters of letters, digits, '-', '_', '.' and '/'.
+pub fn check_asset_tag(value: &str) -> Result<(), &'static str> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    if value.is_empty() || value.len() > 64 {
+        Err("must be 1 to 64 characters")
+    } else if !value.chars().all(valid_char) {
+        Err("may only contain letters, digits, '-', '_', '.' and '/'")
+    } else {
+        Ok(())
+    }
+}
+
+/// A POSIX-ish user name for SSH logins.
+pub fn check_unix_user(value: &str) -> Result<(), &'static str> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if value.is_empty() || value.len() > 32 {
+        Err("must be 1 to 32 characters")
+    } else if !value.chars().all(valid_char) || value.starts_with('-') {
+        Err("must be a user name of letters, digits, '-', '_' and '.'")
+    } else {
+        Ok(())
+    }
+}
+
+/// For `PATCH` bodies: tells a field that is absent (`None`, leave it) from one sent as
+/// `null` (`Some(None)`, clear it). Use with `#[serde(default, deserialize_with = ...)]`.
+pub fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
+/// Dates arrive as `YYYY-MM-DD` strings; this serde adapter turns chrono's terse parse errors
+/// into a message a donor filling in a form can act on.
+pub mod date_format {
+    use chrono::NaiveDate;
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(D::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<NaiveDate, String> {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .filter(|_| text.len() == 10)
+            .ok_or_else(|| format!("`{text}` is not a date in YYYY-MM-DD form"))
+    }
+
+    /// For `Option<NaiveDate>` fields (use with `#[serde(default)]`).
+    pub mod option {
+        use chrono::NaiveDate;
+        use serde::{Deserialize, Deserializer, de::Error};
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<NaiveDate>, D::Error> {
+            match Option::<String>::deserialize(deserializer)? {
+                None => Ok(None),
+                Some(text) => super::parse(&text).map(Some).map_err(D::Error::custom),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_accept_names_and_addresses() {
+        for ok in ["rv-01.lab.example.org", "localhost", "10.0.0.7", "::1", "fe80::1", "a-b.c."] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-bad.example", "under_score.example", "a..b", "300.1.1.1", "has space"] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_need_a_domain() {
+        assert!(check_email("ops@openeuler.org").is_ok());
+        assert!(check_email("not-an-email").is_err());
+        assert!(check_email("a@b").is_err());
+    }
+
+    #[test]
+    fn dates_must_be_iso() {
+        assert!(date_format::parse("2026-02-28").is_ok());
+        assert!(date_format::parse("2026-02-30").is_err());
+        assert!(date_format::parse("28/02/2026").is_err());
+        assert!(date_format::parse("2026-2-8").is_err());
+    }
+
+    #[test]
+    fn collected_errors_keep_their_order() {
+        let mut errors = FieldErrors::new();
+        check_text(&mut errors, "name", "  ", 10);
+        check_text(&mut errors, "notes", &"x".repeat(11), 10);
+        let fields: Vec<_> = errors.as_slice().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["name", "notes"]);
+    }
+}

@@ -1,0 +1,169 @@
+//! The one error type handlers return, and the rule for errors everywhere.
+//!
+//! - Outside requests (start-up, the CLI, background jobs) errors are `anyhow::Error`.
+//! - Database code returns `diesel::QueryResult`; it does not know about HTTP.
+//! - Handlers return [`ApiError`], rendered as the one JSON shape
+//!   `{"code": "...", "message": "...", "details": {...}}`. Codes are stable kebab-case
+//!   strings clients may match on; messages are for people.
+//! - An outcome a client can act on (bad input, a refused transition, a taken name) is a 4xx
+//!   with its own code. Only the unexpected is a 5xx: it is logged once here with its whole
+//!   cause chain, and the client learns nothing of the internals.
+
+use std::borrow::Cow;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::domain::{FieldErrors, donation::InvalidAction, lifecycle::InvalidTransition};
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable, kebab-case error code, e.g. `validation-failed`, `machine-not-found`.
+    #[schema(example = "validation-failed")]
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Structured facts about the error; for `validation-failed`, `{"errors": [{"field",
+    /// "problem"}]}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+    details: Option<Value>,
+    cause: Option<anyhow::Error>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self { status, code: code.into(), message: message.into(), details: None, cause: None }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// 422: the request was well-formed JSON but some fields are wrong.
+    pub fn validation(errors: FieldErrors) -> Self {
+        let message =
+            errors.as_slice().iter().map(|e| format!("{}: {}", e.field, e.problem)).collect::<Vec<_>>().join("; ");
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", message)
+            .with_details(json!({ "errors": errors.as_slice() }))
+    }
+
+    /// 422 for a single field.
+    pub fn invalid_field(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::validation(FieldErrors::one(field, problem))
+    }
+
+    /// 404, with code `<entity>-not-found`. Also what a donor gets for another donor's data:
+    /// its existence is not theirs to learn.
+    pub fn not_found(entity: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{entity}-not-found"), format!("{entity} not found"))
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn conflict(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 500: something that should not happen. The cause is logged, not sent.
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self {
+            cause: Some(cause.into()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal-error",
+                "an unexpected error occurred; it has been logged",
+            )
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status.is_server_error() {
+            match &self.cause {
+                Some(cause) => tracing::error!(code = %self.code, "request failed: {cause:#}"),
+                None => tracing::error!(code = %self.code, "request failed: {}", self.message),
+            }
+        }
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(ErrorBody {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+            details: self.details.clone(),
+        })
+    }
+}
+
+impl From<FieldErrors> for ApiError {
+    fn from(errors: FieldErrors) -> Self {
+        Self::validation(errors)
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<crate::db::PoolError> for ApiError {
+    fn from(error: crate::db::PoolError) -> Self {
+        tracing::error!("database pool: {error}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database-unavailable",
+            "the database is unavailable; try again shortly",
+        )
+    }
+}
+
+impl From<InvalidTransition> for ApiError {
+    fn from(e: InvalidTransition) -> Self {
+        Self::conflict("invalid-transition", e.to_string())
+            .with_details(json!({ "from": e.from, "to": e.to, "allowed": e.allowed }))
+    }
+}
+
+impl From<InvalidAction> for ApiError {
+    fn from(e: InvalidAction) -> Self {
+        Self::conflict("invalid-action", e.to_string()).with_details(json!({
+            "action": e.action, "status": e.status, "model": e.model, "allowed": e.allowed,
+        }))
+    }
+}

@@ -1,0 +1,18 @@
+//! Fleetyard: one pool of donated lab machines and rented cloud capacity for an open-source
+//! Linux distribution's builds, CI and tests. See ARCHITECTURE.md for the map.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Config;
+pub use state::AppState;

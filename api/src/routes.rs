@@ -1,0 +1,106 @@
+//! The one route table. Handlers registered here are also what the OpenAPI document
+//! describes: utoipa-actix-web collects each handler's `#[utoipa::path]` as it is registered.
+
+use actix_web::{App, HttpResponse, http::StatusCode};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::handlers::{audit, auth, donations, donors, machines, service_tokens, sites, system, users};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Fleetyard API",
+        description = "Inventory, donations and scheduling for a community's donated and rented \
+                       hardware. Authenticate with `Authorization: Bearer <token>`: a session \
+                       token from `POST /api/v1/auth/login`, or a service token issued by ops.",
+        license(name = "MulanPSL-2.0"),
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody, crate::domain::FieldError)),
+    tags(
+        (name = "auth", description = "Logging in and asking who you are"),
+        (name = "donations", description = "The donation form, review and donation-level actions"),
+        (name = "machines", description = "The inventory: list, detail, labels, maintenance, lifecycle"),
+        (name = "donors", description = "Donor organisations"),
+        (name = "sites", description = "Labs, donor sites and cloud regions"),
+        (name = "users", description = "Accounts for ops and donors' staff"),
+        (name = "service-tokens", description = "Service-account tokens for CI and other services"),
+        (name = "audit", description = "The append-only record of every change"),
+        (name = "system", description = "Health and readiness"),
+    ),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// Registers every documented route.
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(system::healthz).service(system::readyz).service(
+        scope("/api/v1")
+            .service(auth::login)
+            .service(auth::me)
+            .service(users::create_user)
+            .service(users::list_users)
+            .service(users::update_user)
+            .service(service_tokens::issue_service_token)
+            .service(service_tokens::list_service_tokens)
+            .service(service_tokens::revoke_service_token)
+            .service(donors::create_donor)
+            .service(donors::list_donors)
+            .service(donors::get_donor)
+            .service(donors::update_donor)
+            .service(sites::create_site)
+            .service(sites::list_sites)
+            .service(sites::get_site)
+            .service(sites::update_site)
+            .service(donations::create_donation)
+            .service(donations::list_donations)
+            .service(donations::get_donation)
+            .service(donations::act_on_donation)
+            .service(donations::put_usage_policy)
+            .service(machines::list_machines)
+            .service(machines::get_machine)
+            .service(machines::edit_labels)
+            .service(machines::transition_machine)
+            .service(machines::start_maintenance)
+            .service(machines::end_maintenance)
+            .service(audit::list_audit),
+    );
+}
+
+/// The OpenAPI document, built from the same registrations the server uses.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(configure).split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// The OpenAPI document as pretty JSON with a trailing newline: what `openapi/openapi.json` holds.
+pub fn openapi_json() -> String {
+    let mut json = openapi().to_pretty_json().expect("the OpenAPI document serialises");
+    json.push('\n');
+    json
+}
+
+/// Every unknown path answers in the one error shape.
+pub async fn route_not_found() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route-not-found",
+        "no such endpoint; the API is described at /api/openapi.json",
+    ))
+}

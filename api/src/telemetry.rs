@@ -1,0 +1,25 @@
+//! Structured logs with `tracing`: human-readable text, or one JSON object per line.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides `filter`.
+pub fn init(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        // One line per request when its span closes: method, route, status, request id, time.
+        .with_span_events(FmtSpan::CLOSE);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    drop(result);
+}

@@ -1,0 +1,194 @@
+//! The server under test, running in-process on a loopback port, and a client for it.
+
+use std::net::TcpListener;
+
+use fleetyard::auth::TokenKind;
+use fleetyard::config::{Config, LogFormat, Secret};
+use fleetyard::db::Pool;
+use fleetyard::domain::{MachineId, Role, TokenId, UserId};
+use fleetyard::{AppState, db, startup};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::db::TestDb;
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub db: TestDb,
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Response {
+    /// The `code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or_default()
+    }
+
+    /// The `field`s named by a `validation-failed` (or similar) error.
+    pub fn fields(&self) -> Vec<String> {
+        self.body["details"]["errors"]
+            .as_array()
+            .map(|errors| errors.iter().filter_map(|e| e["field"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        self
+    }
+}
+
+pub fn test_config(database_url: &str) -> Config {
+    Config {
+        database_url: database_url.to_owned(),
+        listen: "127.0.0.1:0".into(),
+        workers: 1,
+        db_pool_size: 4,
+        jwt_secret: Secret("test-secret-that-is-at-least-32-bytes-long".into()),
+        log_format: LogFormat::Text,
+        log_filter: "warn".into(),
+        shutdown_timeout_secs: 1,
+        ..Config::default()
+    }
+}
+
+impl TestApp {
+    /// A fresh database and the real server on a free loopback port.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like [`spawn`](Self::spawn), with the configuration adjusted first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let db = TestDb::create().await;
+        let mut config = test_config(&db.url);
+        adjust(&mut config);
+        fleetyard::telemetry::init(config.log_format, &config.log_filter);
+        let pool = db::pool(&config.database_url, config.db_pool_size).expect("pool");
+        let state = AppState::new(pool, config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        let server = startup::build_server(state.clone(), listener, false).expect("building the server");
+        let base_url = format!("http://{}", server.address);
+        tokio::spawn(server.server);
+        TestApp { base_url, client: reqwest::Client::new(), state, db }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.state.pool
+    }
+
+    /// Sends a request; `token` goes in `Authorization: Bearer`, `body` as JSON.
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Response {
+        let mut request = self.client.request(method, format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        read(request.send().await.expect("sending the request")).await
+    }
+
+    /// Sends a raw body with the given content type.
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base_url))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.expect("sending the request")).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(Method::POST, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(Method::PATCH, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(Method::PUT, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// A session token for an existing user, as if they had logged in.
+    pub fn session_for(&self, user: UserId) -> String {
+        self.state.tokens.issue_session(user.0).expect("signing a session").token
+    }
+
+    /// A machine credential for `machine`, stored like the agents issue will store them.
+    pub async fn agent_token(&self, machine: MachineId) -> String {
+        let mut conn = self.state.pool.get().await.expect("db");
+        let row = db::api_tokens::insert(
+            &mut conn,
+            &db::api_tokens::NewApiToken {
+                id: TokenId::generate(),
+                name: "test agent",
+                role: Role::Agent,
+                machine_id: Some(machine),
+                created_by: None,
+                expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+            },
+        )
+        .await
+        .expect("inserting an agent token");
+        self.state.tokens.issue_api_token(row.id.0, TokenKind::Agent, row.expires_at).expect("signing").token
+    }
+
+    /// How many rows each table holds: to show a refused request wrote nothing.
+    pub async fn row_counts(&self) -> Vec<(&'static str, i64)> {
+        use diesel::sql_types::BigInt;
+        use diesel_async::RunQueryDsl;
+
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.state.pool.get().await.expect("db");
+        let mut counts = Vec::new();
+        for table in ["donors", "sites", "users", "donations", "machines", "api_tokens", "audit_log"] {
+            let count: Count = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+                .get_result(&mut conn)
+                .await
+                .expect("counting rows");
+            counts.push((table, count.n));
+        }
+        counts
+    }
+}
+
+async fn read(response: reqwest::Response) -> Response {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("reading the body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Response { status, body, text }
+}

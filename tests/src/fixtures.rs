@@ -1,0 +1,163 @@
+//! A small world to test against, built through the API itself: ops, two donors (each with
+//! a user and a site), a foundation lab, a service account.
+
+use fleetyard::db;
+use fleetyard::domain::{Role, UserId};
+use serde_json::{Value, json};
+
+use crate::TestApp;
+
+/// A donor organisation with one logged-in user and one site of its own.
+#[derive(Debug, Clone)]
+pub struct DonorFixture {
+    pub id: String,
+    pub user_id: String,
+    pub token: String,
+    pub site_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct World {
+    pub admin: String,
+    pub admin_id: String,
+    pub lab_site: String,
+    pub a: DonorFixture,
+    pub b: DonorFixture,
+    /// A `ci` service-account token.
+    pub ci: String,
+    pub ci_token_id: String,
+}
+
+/// The password every fixture user has.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl TestApp {
+    /// An admin account written straight to the database (the API needs one to start from,
+    /// as `fleetyard admin create-admin` does), and a session token for it.
+    pub async fn bootstrap_admin(&self) -> (UserId, String) {
+        let hash = fleetyard::auth::hash_password(PASSWORD.to_owned()).await.expect("hashing");
+        let mut conn = self.state.pool.get().await.expect("db");
+        let email = format!("ops-{}@fleetyard.test", uuid::Uuid::new_v4().simple());
+        let user = db::users::insert(
+            &mut conn,
+            &db::users::NewUser {
+                id: UserId::generate(),
+                email: &email,
+                display_name: "Ops",
+                password_hash: &hash,
+                role: Role::Admin,
+                donor_id: None,
+            },
+        )
+        .await
+        .expect("inserting the first admin");
+        (user.id, self.session_for(user.id))
+    }
+
+    /// Everything most tests need, created through the API.
+    pub async fn world(&self) -> World {
+        let (admin_id, admin) = self.bootstrap_admin().await;
+        let lab = self
+            .post(
+                "/api/v1/sites",
+                &admin,
+                json!({
+                    "name": "Foundation Lab", "kind": "foundation_lab", "country": "CN", "time_zone": "Asia/Shanghai"
+                }),
+            )
+            .await
+            .expect(201);
+        let a = self.donor(&admin, "Plumtree Semiconductor", "Asia/Shanghai").await;
+        let b = self.donor(&admin, "Westlake Open Hardware Lab", "Europe/Berlin").await;
+        let issued = self
+            .post("/api/v1/service-tokens", &admin, json!({ "name": "ci-gate", "expires_in_days": 30 }))
+            .await
+            .expect(201);
+        World {
+            admin,
+            admin_id: admin_id.to_string(),
+            lab_site: id_of(&lab.body),
+            a,
+            b,
+            ci: issued.body["token"].as_str().expect("token").to_owned(),
+            ci_token_id: id_of(&issued.body),
+        }
+    }
+
+    /// A donor with a user (session token) and a donor site, created by ops.
+    pub async fn donor(&self, admin: &str, name: &str, time_zone: &str) -> DonorFixture {
+        let donor = self
+            .post(
+                "/api/v1/donors",
+                admin,
+                json!({
+                    "name": name, "kind": "company", "time_zone": time_zone,
+                    "contacts": [{ "name": "Mei", "email": "mei@example.org" }]
+                }),
+            )
+            .await
+            .expect(201);
+        let id = id_of(&donor.body);
+        let slug: String = name.to_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();
+        let user = self
+            .post(
+                "/api/v1/users",
+                admin,
+                json!({
+                    "email": format!("staff@{slug}.example"), "display_name": "Staff", "password": PASSWORD,
+                    "role": "donor", "donor_id": id
+                }),
+            )
+            .await
+            .expect(201);
+        let user_id = id_of(&user.body);
+        let token = self.session_for(UserId(user_id.parse().expect("uuid")));
+        let site = self
+            .post(
+                "/api/v1/sites",
+                admin,
+                json!({
+                    "name": format!("{name} site"), "kind": "donor_site", "donor_id": id, "time_zone": time_zone
+                }),
+            )
+            .await
+            .expect(201);
+        DonorFixture { id, user_id, token, site_id: id_of(&site.body) }
+    }
+}
+
+pub fn id_of(body: &Value) -> String {
+    body["id"].as_str().unwrap_or_else(|| panic!("no id in {body}")).to_owned()
+}
+
+/// One machine for a donation form.
+pub fn machine(arch: &str, asset_tag: &str) -> Value {
+    json!({
+        "arch": arch, "cpu_model": "Test CPU", "cpu_cores": 8, "memory_mib": 16384, "disk_gib": 256,
+        "asset_tag": asset_tag, "labels": { "board": "test-board" }
+    })
+}
+
+/// A usage-right donation form for `site` with the given machines.
+pub fn usage_right_form(site: &str, reference: &str, machines: Vec<Value>) -> Value {
+    json!({
+        "model": "usage_right", "site_id": site, "agreement_ref": reference, "starts_on": "2026-01-01",
+        "usage_policy": {
+            "purposes": ["ci", "test"],
+            "windows": [{ "days": ["sat", "sun"], "start": "00:00", "end": "24:00" }],
+            "max_concurrent_leases": 2, "max_lease_minutes": 240
+        },
+        "machines": machines
+    })
+}
+
+/// A foundation-lab donation form (`ownership` or `loan`) for `lab`.
+pub fn lab_form(model: &str, lab: &str, reference: &str, machines: Vec<Value>) -> Value {
+    let mut form = json!({
+        "model": model, "site_id": lab, "agreement_ref": reference, "starts_on": "2026-01-01", "machines": machines
+    });
+    if model == "loan" {
+        form["ends_on"] = json!("2027-06-30");
+    }
+    form
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests of the HTTP API against a real PostgreSQL. One binary, many modules: it
+//! links once, and nextest still runs every test in its own process.
+
+mod audit;
+mod auth;
+mod authorization_matrix;
+mod cli;
+mod donations;
+mod lifecycle;
+mod listing;
+mod openapi;
+mod system;
+mod validation;

@@ -1,6 +1,6 @@
 //! Machines: list with filters, detail, label edits, maintenance, lifecycle transitions.
 
-use actix_web::{HttpResponse, delete, get, patch, post, put, web};
+use actix_web::{delete, get, patch, post, put, web};
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
@@ -377,11 +377,10 @@ pub async fn end_maintenance(
     state: web::Data<AppState>,
     caller: Principal,
     id: web::Path<MachineId>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<MachineDetail>, ApiError> {
     caller.require_admin()?;
     let request = TransitionRequest { to: LifecycleState::Ready, note: None, location: None };
-    let detail = move_machine(&state, &caller, id.into_inner(), request, Some(LifecycleState::Maintenance)).await?;
-    Ok(HttpResponse::Ok().json(detail))
+    move_machine(&state, &caller, id.into_inner(), request, Some(LifecycleState::Maintenance)).await.map(web::Json)
 }
 
 /// The one path every machine-level lifecycle change takes.

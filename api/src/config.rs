@@ -34,6 +34,87 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
+
+    /// How often agents send a heartbeat (they add jitter).
+    pub heartbeat_interval_secs: u64,
+    /// Heartbeats an agent may miss before it counts as silent.
+    pub missed_heartbeats: u32,
+    /// How long heartbeats gather in memory before one batched write.
+    pub heartbeat_flush_millis: u64,
+    /// How long a replica trusts its cached view of an agent credential (revocation on
+    /// another replica takes at most this long to reach this one).
+    pub agent_token_cache_secs: u64,
+    /// Lifetime of a machine credential; agents renew it when a tenth of it is left.
+    pub agent_credential_days: i64,
+    /// Lifetime of a one-time enrollment token.
+    pub enrollment_token_hours: i64,
+
+    /// Root file system use (percent) that degrades a machine.
+    pub disk_full_pct: f32,
+    /// Clock skew that degrades a machine.
+    pub max_clock_skew_secs: i64,
+    /// Five-minute load per CPU above which a machine counts as overloaded...
+    pub overload_per_cpu: f32,
+    /// ...for this long before it is degraded.
+    pub overload_minutes: i64,
+    /// Consecutive failed SSH checks that make a machine without an agent unreachable.
+    pub ssh_failures_unreachable: u32,
+
+    pub ssh_connect_timeout_secs: u64,
+    /// Time limit for each command of an SSH check.
+    pub ssh_command_timeout_secs: u64,
+    /// SSH checks in flight at once, in all...
+    pub ssh_concurrency: usize,
+    /// ...and per site, so one unreachable site never holds up the others.
+    pub ssh_site_concurrency: usize,
+    /// How often each machine without a reporting agent is checked over SSH.
+    pub ssh_check_interval_secs: u64,
+
+    /// Time limit for one webhook delivery.
+    pub webhook_timeout_secs: u64,
+    /// Attempts before a delivery is abandoned (backoff doubles from 5 s, capped at 1 h).
+    pub webhook_max_attempts: i32,
+
+    /// The background schedules; see `jobs::JOBS`.
+    pub jobs: JobsConfig,
+}
+
+/// The background schedules and their switches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobsConfig {
+    /// Off: this replica runs no background job (another may).
+    pub enabled: bool,
+    pub liveness_sweep: JobSetting,
+    pub ssh_checks: JobSetting,
+    pub reminders: JobSetting,
+    pub enrollment_expiry: JobSetting,
+    pub webhook_delivery: JobSetting,
+}
+
+/// One schedule: a cron expression with seconds (`sec min hour day month weekday`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSetting {
+    pub schedule: String,
+    pub enabled: bool,
+}
+
+impl JobSetting {
+    fn every(schedule: &str) -> Self {
+        Self { schedule: schedule.into(), enabled: true }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            liveness_sweep: JobSetting::every("*/5 * * * * *"),
+            ssh_checks: JobSetting::every("*/15 * * * * *"),
+            reminders: JobSetting::every("0 0 8 * * *"),
+            enrollment_expiry: JobSetting::every("0 */10 * * * *"),
+            webhook_delivery: JobSetting::every("* * * * * *"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -52,6 +133,25 @@ impl Default for Config {
             log_filter: "info".into(),
             shutdown_timeout_secs: 30,
             migrate_on_start: true,
+            heartbeat_interval_secs: 10,
+            missed_heartbeats: 3,
+            heartbeat_flush_millis: 100,
+            agent_token_cache_secs: 15,
+            agent_credential_days: 365,
+            enrollment_token_hours: 7 * 24,
+            disk_full_pct: 95.0,
+            max_clock_skew_secs: 30,
+            overload_per_cpu: 2.0,
+            overload_minutes: 5,
+            ssh_failures_unreachable: 3,
+            ssh_connect_timeout_secs: 5,
+            ssh_command_timeout_secs: 10,
+            ssh_concurrency: 32,
+            ssh_site_concurrency: 4,
+            ssh_check_interval_secs: 60,
+            webhook_timeout_secs: 10,
+            webhook_max_attempts: 12,
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -85,7 +185,8 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         let config: Config = figment
-            .merge(Env::prefixed("FLEETYARD_").ignore(&["config"]))
+            // FLEETYARD_JOBS__REMINDERS__ENABLED=false reaches `jobs.reminders.enabled`.
+            .merge(Env::prefixed("FLEETYARD_").ignore(&["config"]).split("__"))
             .extract()
             .context("invalid configuration")?;
         config.check()?;
@@ -102,7 +203,27 @@ impl Config {
         if self.session_ttl_minutes < 1 {
             bail!("FLEETYARD_SESSION_TTL_MINUTES must be positive");
         }
+        if self.heartbeat_interval_secs == 0 || self.missed_heartbeats == 0 {
+            bail!("FLEETYARD_HEARTBEAT_INTERVAL_SECS and FLEETYARD_MISSED_HEARTBEATS must be positive");
+        }
+        if self.ssh_concurrency == 0 || self.ssh_site_concurrency == 0 {
+            bail!("FLEETYARD_SSH_CONCURRENCY and FLEETYARD_SSH_SITE_CONCURRENCY must be positive");
+        }
         Ok(())
+    }
+
+    /// The health thresholds, as the domain wants them.
+    pub fn health_policy(&self) -> crate::domain::health::HealthPolicy {
+        use chrono::Duration;
+        crate::domain::health::HealthPolicy {
+            heartbeat_interval: Duration::seconds(self.heartbeat_interval_secs as i64),
+            missed_heartbeats: self.missed_heartbeats,
+            disk_full_pct: self.disk_full_pct,
+            max_clock_skew: Duration::seconds(self.max_clock_skew_secs),
+            overload_per_cpu: self.overload_per_cpu,
+            overload_for: Duration::minutes(self.overload_minutes),
+            ssh_failures_unreachable: self.ssh_failures_unreachable,
+        }
     }
 }
 

@@ -9,10 +9,15 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod heartbeats;
+pub mod jobs;
+pub mod monitoring;
+pub mod probe;
 pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod views;
 
 pub use config::Config;
 pub use state::AppState;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use fleetyard::{AppState, Config, admin, db, routes, startup, telemetry};
+use fleetyard::{AppState, Config, admin, db, jobs, routes, startup, telemetry};
 
 #[derive(Parser)]
 #[command(name = "fleetyard", version, about = "Fleetyard: one pool of donated and rented hardware")]
@@ -108,11 +108,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let pool = db::pool(&config.database_url, config.db_pool_size)?;
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
     let state = AppState::new(pool, config);
-    let server = startup::build_server(state, listener, true)?;
+    let key = state.ssh_key().await.context("loading Fleetyard's SSH key")?;
+    tracing::info!(fingerprint = %key.fingerprint, "SSH key ready");
+    let mut scheduler = jobs::start(state.clone()).await.context("starting background jobs")?;
+    let server = startup::build_server(state.clone(), listener, true)?;
     tracing::info!("Fleetyard listening on http://{}", server.address);
-    server.server.await.context("HTTP server")?;
+    let served = server.server.await.context("HTTP server");
+    // Stopped (SIGTERM/SIGINT, or failed): no new job runs, and the last heartbeats are stored.
+    if let Some(scheduler) = scheduler.as_mut() {
+        let _ = scheduler.shutdown().await;
+    }
+    state.heartbeats.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    served
 }
 
 fn admin_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {

@@ -7,7 +7,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::handlers::{audit, auth, donations, donors, machines, service_tokens, sites, system, users};
+use crate::handlers::{
+    agent, audit, auth, donations, donors, machines, service_tokens, sites, system, users, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,8 +31,10 @@ use crate::handlers::{audit, auth, donations, donors, machines, service_tokens, 
         (name = "sites", description = "Labs, donor sites and cloud regions"),
         (name = "users", description = "Accounts for ops and donors' staff"),
         (name = "service-tokens", description = "Service-account tokens for CI and other services"),
+        (name = "agents", description = "What machine agents call: enroll, heartbeat, renew"),
+        (name = "webhooks", description = "Signed CloudEvents to subscribers, and the event outbox"),
         (name = "audit", description = "The append-only record of every change"),
-        (name = "system", description = "Health and readiness"),
+        (name = "system", description = "Health, readiness, Fleetyard's SSH key, background jobs"),
     ),
 )]
 struct ApiDoc;
@@ -49,8 +53,16 @@ impl Modify for BearerAuth {
 
 /// Registers every documented route.
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(system::healthz).service(system::readyz).service(
+    cfg.service(system::healthz)
+        .service(system::readyz)
+        .service(system::ssh_public_key)
+        .service(system::list_jobs)
+        .service(system::run_job);
+    cfg.service(
         scope("/api/v1")
+            .service(agent::enroll)
+            .service(agent::heartbeat)
+            .service(agent::renew_credential)
             .service(auth::login)
             .service(auth::me)
             .service(users::create_user)
@@ -78,6 +90,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(machines::transition_machine)
             .service(machines::start_maintenance)
             .service(machines::end_maintenance)
+            .service(machines::issue_enrollment_token)
+            .service(machines::request_ssh_probe)
+            .service(machines::lift_quarantine)
+            .service(webhooks::create_webhook)
+            .service(webhooks::list_webhooks)
+            .service(webhooks::update_webhook)
+            .service(webhooks::delete_webhook)
+            .service(webhooks::list_deliveries)
+            .service(webhooks::list_events)
             .service(audit::list_audit),
     );
 }

@@ -1,11 +1,18 @@
-//! What every request handler can reach: the database pool, the token keys, the settings.
+//! What every request handler and job can reach: the database pool, token keys, settings,
+//! the agent-credential cache, the heartbeat ingest and Fleetyard's SSH key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::auth::TokenKeys;
+use anyhow::Context;
+use tokio::sync::OnceCell;
+
+use crate::auth::{AgentCredentials, TokenKeys};
 use crate::config::Config;
 use crate::db::{self, DbConn};
 use crate::error::ApiError;
+use crate::heartbeats::HeartbeatIngest;
+use crate::probe::{self, SshProber};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,20 +21,73 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi_json: Arc<str>,
+    pub agents: Arc<AgentCredentials>,
+    pub heartbeats: Arc<HeartbeatIngest>,
+    ssh_key: Arc<OnceCell<SshKey>>,
 }
 
+/// Fleetyard's SSH identity: the public half to show donors, and a prober holding the private
+/// half (which no endpoint ever returns).
+pub struct SshKey {
+    pub public_openssh: String,
+    pub fingerprint: String,
+    pub prober: SshProber,
+}
+
+/// The name of Fleetyard's SSH key in `platform_keys`.
+const SSH_KEY_NAME: &str = "ssh-ed25519";
+
 impl AppState {
+    /// Builds the state and starts the heartbeat writer (needs a tokio runtime).
     pub fn new(pool: db::Pool, config: Config) -> Self {
         Self {
-            pool,
             tokens: Arc::new(TokenKeys::new(&config)),
             openapi_json: crate::routes::openapi_json().into(),
+            agents: Arc::new(AgentCredentials::new(Duration::from_secs(config.agent_token_cache_secs))),
+            heartbeats: Arc::new(HeartbeatIngest::start(
+                pool.clone(),
+                Duration::from_millis(config.heartbeat_flush_millis),
+            )),
+            ssh_key: Arc::new(OnceCell::new()),
             config: Arc::new(config),
+            pool,
         }
     }
 
     /// A pooled connection, or 503 when the database cannot be reached.
     pub async fn db(&self) -> Result<DbConn, ApiError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Fleetyard's SSH key, generated the first time any replica needs it.
+    pub async fn ssh_key(&self) -> anyhow::Result<&SshKey> {
+        self.ssh_key
+            .get_or_try_init(|| async {
+                let mut conn = self.pool.get().await.context("connecting to load the SSH key")?;
+                let stored = match db::platform_keys::find(&mut conn, SSH_KEY_NAME).await? {
+                    Some(key) => key,
+                    None => {
+                        let generated = probe::generate_key("fleetyard")?;
+                        let key = db::platform_keys::PlatformKey {
+                            name: SSH_KEY_NAME.into(),
+                            private_key: generated.private_openssh,
+                            public_key: generated.public_openssh,
+                            fingerprint: generated.fingerprint,
+                            created_at: chrono::Utc::now(),
+                        };
+                        let stored = db::platform_keys::insert_or_get(&mut conn, &key).await?;
+                        tracing::info!(fingerprint = %stored.fingerprint, "generated Fleetyard's SSH key");
+                        stored
+                    }
+                };
+                let config = &self.config;
+                let prober = SshProber::new(
+                    &stored.private_key,
+                    Duration::from_secs(config.ssh_connect_timeout_secs),
+                    Duration::from_secs(config.ssh_command_timeout_secs),
+                )?;
+                Ok(SshKey { public_openssh: stored.public_key, fingerprint: stored.fingerprint, prober })
+            })
+            .await
     }
 }

@@ -1,6 +1,7 @@
 //! The server under test, running in-process on a loopback port, and a client for it.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use fleetyard::auth::TokenKind;
 use fleetyard::config::{Config, LogFormat, Secret};
@@ -16,7 +17,9 @@ pub struct TestApp {
     pub base_url: String,
     pub client: reqwest::Client,
     pub state: AppState,
-    pub db: TestDb,
+    /// Shared with replicas; the database is dropped with the last of them.
+    pub db: Arc<TestDb>,
+    server: actix_web::dev::ServerHandle,
 }
 
 /// A response, read whole.
@@ -58,6 +61,9 @@ pub fn test_config(database_url: &str) -> Config {
         log_format: LogFormat::Text,
         log_filter: "warn".into(),
         shutdown_timeout_secs: 1,
+        heartbeat_flush_millis: 20,
+        ssh_connect_timeout_secs: 3,
+        ssh_command_timeout_secs: 5,
         ..Config::default()
     }
 }
@@ -70,17 +76,33 @@ impl TestApp {
 
     /// Like [`spawn`](Self::spawn), with the configuration adjusted first.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let db = TestDb::create().await;
+        let db = Arc::new(TestDb::create().await);
         let mut config = test_config(&db.url);
         adjust(&mut config);
+        Self::serve(db, config)
+    }
+
+    /// Another server (replica) on the same database, configured like this one.
+    pub fn replica(&self) -> TestApp {
+        Self::serve(self.db.clone(), (*self.state.config).clone())
+    }
+
+    fn serve(db: Arc<TestDb>, config: Config) -> TestApp {
         fleetyard::telemetry::init(config.log_format, &config.log_filter);
         let pool = db::pool(&config.database_url, config.db_pool_size).expect("pool");
         let state = AppState::new(pool, config);
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
         let server = startup::build_server(state.clone(), listener, false).expect("building the server");
         let base_url = format!("http://{}", server.address);
+        let handle = server.server.handle();
         tokio::spawn(server.server);
-        TestApp { base_url, client: reqwest::Client::new(), state, db }
+        TestApp { base_url, client: reqwest::Client::new(), state, db, server: handle }
+    }
+
+    /// Stops this server (the database stays), as a crash or shutdown would.
+    pub async fn stop(self) {
+        self.server.stop(false).await;
+        self.state.heartbeats.shutdown().await;
     }
 
     pub fn pool(&self) -> &Pool {

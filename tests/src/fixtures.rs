@@ -161,3 +161,59 @@ pub fn lab_form(model: &str, lab: &str, reference: &str, machines: Vec<Value>) -
     }
     form
 }
+
+/// A machine taken through the API: registered by donor A, approved by ops (which issues its
+/// enrollment token), onboarded and, unless `stop_at` says otherwise, made ready.
+#[derive(Debug, Clone)]
+pub struct ApprovedMachine {
+    pub id: String,
+    pub donation_id: String,
+    pub enrollment_token: String,
+}
+
+/// What this very machine is, so an agent or probe running here reports no contradiction.
+pub fn this_host_machine(asset_tag: &str) -> Value {
+    json!({
+        "arch": std::env::consts::ARCH, "cpu_model": "Test host", "cpu_cores": 1, "memory_mib": 256, "disk_gib": 1,
+        "asset_tag": asset_tag
+    })
+}
+
+impl TestApp {
+    pub async fn machine_in(&self, w: &World, machine: Value, stop_at: &str) -> ApprovedMachine {
+        let reference = format!("M-{}", uuid::Uuid::new_v4().simple());
+        let created = self
+            .post("/api/v1/donations", &w.a.token, usage_right_form(&w.a.site_id, &reference, vec![machine]))
+            .await
+            .expect(201);
+        let donation_id = id_of(&created.body);
+        let approved = self
+            .post(&format!("/api/v1/donations/{donation_id}/actions"), &w.admin, json!({ "action": "approve" }))
+            .await
+            .expect(200);
+        let id = id_of(&created.body["machines"][0]);
+        let enrollment_token =
+            approved.body["enrollment_tokens"][0]["token"].as_str().expect("an enrollment token").to_owned();
+        for to in ["onboarding", "ready"] {
+            if stop_at == "approved" || (stop_at == "onboarding" && to == "ready") {
+                break;
+            }
+            self.post(&format!("/api/v1/machines/{id}/transitions"), &w.admin, json!({ "to": to })).await.expect(200);
+        }
+        ApprovedMachine { id, donation_id, enrollment_token }
+    }
+
+    /// The machine as ops see it (with its monitoring block).
+    pub async fn machine(&self, w: &World, id: &str) -> Value {
+        self.get(&format!("/api/v1/machines/{id}"), &w.admin).await.expect(200).body
+    }
+
+    /// Event types recorded so far, oldest first.
+    pub async fn event_types(&self, w: &World) -> Vec<String> {
+        let page = self.get("/api/v1/events?limit=200", &w.admin).await.expect(200);
+        let mut types: Vec<String> =
+            page.body["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+        types.reverse();
+        types
+    }
+}

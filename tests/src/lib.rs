@@ -5,9 +5,12 @@
 //! The tests need `FLEETYARD_TEST_DATABASE_URL` pointing at a PostgreSQL server the tests may
 //! create databases on; `deploy/test` starts a private one and sets it.
 
+pub mod agent;
 pub mod app;
 pub mod db;
 pub mod fixtures;
+pub mod sshd;
+pub mod webhook_receiver;
 
 pub use app::{Response, TestApp};
 

@@ -4,6 +4,7 @@
 //! A token only points at a database row (a user or an `api_tokens` entry); that row decides
 //! the role, and a disabled user or revoked token stops working at once.
 
+mod agents;
 mod password;
 mod token;
 
@@ -13,6 +14,7 @@ use actix_web::{FromRequest, HttpRequest, web};
 use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
 
+pub use self::agents::{AgentCaller, AgentCredentials};
 pub use self::password::{MIN_PASSWORD_CHARS, hash_password, verify_password};
 pub use self::token::{Claims, IssuedToken, TokenKeys, TokenKind};
 use crate::db::{self, audit::Actor};

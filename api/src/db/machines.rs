@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::schema::{donations, machines};
+use super::schema::{donations, machine_status, machines};
 use super::{Json, Page, lower};
 use crate::domain::{
     Accelerator, Arch, DonationId, DonationModel, DonorId, Health, Labels, LifecycleState, MachineId, SiteId,
@@ -39,6 +39,10 @@ pub struct Machine {
     pub maintenance_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub health_reason: Option<String>,
+    pub health_changed_at: Option<DateTime<Utc>>,
+    pub quarantined_at: Option<DateTime<Utc>>,
+    pub quarantine_reason: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -68,8 +72,16 @@ pub struct NewMachine<'a> {
 /// Keeps asset tags unique regardless of case.
 pub const ASSET_TAG_KEY: &str = "machines_asset_tag_key";
 
+/// Registers machines, each with its (empty) live-status row.
 pub async fn insert_many(conn: &mut AsyncPgConnection, machines: &[NewMachine<'_>]) -> QueryResult<Vec<Machine>> {
-    diesel::insert_into(machines::table).values(machines).returning(Machine::as_returning()).get_results(conn).await
+    let inserted: Vec<Machine> = diesel::insert_into(machines::table)
+        .values(machines)
+        .returning(Machine::as_returning())
+        .get_results(conn)
+        .await?;
+    let status_rows: Vec<_> = inserted.iter().map(|m| machine_status::machine_id.eq(m.id)).collect();
+    diesel::insert_into(machine_status::table).values(status_rows).execute(conn).await?;
+    Ok(inserted)
 }
 
 pub async fn find(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<Option<Machine>> {

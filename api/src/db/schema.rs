@@ -94,6 +94,10 @@ diesel::table! {
         maintenance_reason -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        health_reason -> Nullable<Text>,
+        health_changed_at -> Nullable<Timestamptz>,
+        quarantined_at -> Nullable<Timestamptz>,
+        quarantine_reason -> Nullable<Text>,
     }
 }
 
@@ -128,8 +132,135 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    machine_status (machine_id) {
+        machine_id -> Uuid,
+        last_heartbeat_at -> Nullable<Timestamptz>,
+        agent_version -> Nullable<Text>,
+        load1 -> Nullable<Float4>,
+        disk_used_pct -> Nullable<Float4>,
+        clock_skew_ms -> Nullable<Int4>,
+        uptime_secs -> Nullable<Int8>,
+        overloaded_since -> Nullable<Timestamptz>,
+        facts -> Nullable<Jsonb>,
+        facts_source -> Nullable<Text>,
+        facts_hash -> Nullable<Int8>,
+        facts_at -> Nullable<Timestamptz>,
+        mismatches -> Jsonb,
+        last_ssh_check_at -> Nullable<Timestamptz>,
+        last_ssh_ok_at -> Nullable<Timestamptz>,
+        ssh_failures -> Int4,
+        ssh_error -> Nullable<Text>,
+        ssh_host_key -> Nullable<Text>,
+        ssh_host_key_fingerprint -> Nullable<Text>,
+        probe_requested_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    enrollment_tokens (id) {
+        id -> Uuid,
+        machine_id -> Uuid,
+        secret_hash -> Binary,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    platform_keys (name) {
+        name -> Text,
+        private_key -> Text,
+        public_key -> Text,
+        fingerprint -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    job_runs (job) {
+        job -> Text,
+        last_started_at -> Nullable<Timestamptz>,
+        last_finished_at -> Nullable<Timestamptz>,
+        lease_until -> Nullable<Timestamptz>,
+        run_by -> Nullable<Text>,
+        runs -> Int8,
+        last_outcome -> Nullable<Text>,
+        last_report -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    reminders_sent (donation_id, ends_on, days_before) {
+        donation_id -> Uuid,
+        ends_on -> Date,
+        days_before -> Int4,
+        sent_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Uuid,
+        #[sql_name = "type"]
+        event_type -> Text,
+        subject -> Text,
+        time -> Timestamptz,
+        donor_id -> Nullable<Uuid>,
+        data -> Jsonb,
+    }
+}
+
+diesel::table! {
+    webhook_subscriptions (id) {
+        id -> Uuid,
+        url -> Text,
+        secret -> Text,
+        event_types -> Array<Text>,
+        description -> Nullable<Text>,
+        active -> Bool,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Int8,
+        event_id -> Uuid,
+        subscription_id -> Uuid,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        abandoned_at -> Nullable<Timestamptz>,
+        last_status -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(machine_status -> machines (machine_id));
+diesel::joinable!(webhook_deliveries -> events (event_id));
+diesel::joinable!(webhook_deliveries -> webhook_subscriptions (subscription_id));
 diesel::joinable!(machines -> donations (donation_id));
 diesel::joinable!(donations -> donors (donor_id));
 diesel::joinable!(sites -> donors (donor_id));
 
-diesel::allow_tables_to_appear_in_same_query!(donors, sites, users, donations, machines, api_tokens, audit_log,);
+diesel::allow_tables_to_appear_in_same_query!(
+    donors,
+    sites,
+    users,
+    donations,
+    machines,
+    machine_status,
+    api_tokens,
+    audit_log,
+    enrollment_tokens,
+    events,
+    webhook_subscriptions,
+    webhook_deliveries,
+);

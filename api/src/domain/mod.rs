@@ -8,6 +8,9 @@
 mod macros;
 
 pub mod donation;
+pub mod events;
+pub mod facts;
+pub mod health;
 pub mod ids;
 pub mod inventory;
 pub mod lifecycle;
@@ -16,6 +19,7 @@ pub mod usage_policy;
 pub mod validation;
 
 pub use donation::{DonationAction, DonationModel, DonationStatus};
+pub use events::EventType;
 pub use ids::{DonationId, DonorId, MachineId, SiteId, TokenId, UserId};
 pub use inventory::{Accelerator, Arch, CloudProvider, Contact, DonorKind, Health, Labels, SiteKind};
 pub use lifecycle::{LifecycleState, Requester};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use actix_web::{HttpResponse, get, post, put, web};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{NaiveDate, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -17,6 +17,7 @@ use crate::db::audit::{self, Change};
 use crate::db::donations::{Donation, DonationFilter, NewDonation};
 use crate::db::machines::{LifecycleChange, Machine, NewMachine};
 use crate::db::{self, Json as DbJson, is_unique_violation};
+use crate::domain::EventType;
 use crate::domain::donation::{self, check_terms};
 use crate::domain::inventory::validate_labels;
 use crate::domain::lifecycle::{self, Context, Requester};
@@ -25,62 +26,17 @@ use crate::domain::validation::{
 };
 use crate::domain::{
     Accelerator, Arch, DonationAction, DonationId, DonationModel, DonationStatus, DonorId, FieldErrors, Labels,
-    LifecycleState, MachineId, SiteId, SiteKind, UsagePolicy, UserId,
+    LifecycleState, MachineId, SiteId, SiteKind, UsagePolicy,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
+use crate::handlers::agent::IssuedEnrollmentToken;
+use crate::handlers::machines::issue_enrollment;
 use crate::state::AppState;
+pub use crate::views::DonationView;
 
 /// The largest number of machines one donation form may register.
 const MAX_MACHINES_PER_DONATION: usize = 500;
-
-/// A donation as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct DonationView {
-    pub id: DonationId,
-    pub donor_id: DonorId,
-    /// Where the machines live: the donor's site (usage right) or the foundation's lab.
-    pub site_id: SiteId,
-    pub model: DonationModel,
-    pub status: DonationStatus,
-    /// The reference of the signed agreement.
-    pub agreement_ref: String,
-    pub description: Option<String>,
-    pub starts_on: NaiveDate,
-    /// A loan's due date, or the end of a usage-right term.
-    pub ends_on: Option<NaiveDate>,
-    pub usage_policy: Option<UsagePolicy>,
-    /// The reviewer's note; for a rejection, the reason.
-    pub review_note: Option<String>,
-    pub reviewed_by: Option<UserId>,
-    pub reviewed_at: Option<DateTime<Utc>>,
-    pub submitted_by: Option<UserId>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<Donation> for DonationView {
-    fn from(d: Donation) -> Self {
-        Self {
-            id: d.id,
-            donor_id: d.donor_id,
-            site_id: d.site_id,
-            model: d.model,
-            status: d.status,
-            agreement_ref: d.agreement_ref,
-            description: d.description,
-            starts_on: d.starts_on,
-            ends_on: d.ends_on,
-            usage_policy: d.usage_policy.map(|p| p.0),
-            review_note: d.review_note,
-            reviewed_by: d.reviewed_by,
-            reviewed_at: d.reviewed_at,
-            submitted_by: d.submitted_by,
-            created_at: d.created_at,
-            updated_at: d.updated_at,
-        }
-    }
-}
 
 /// A donation with its machines and what the caller may do with it next.
 #[derive(Debug, Serialize, ToSchema)]
@@ -90,6 +46,10 @@ pub struct DonationDetail {
     pub machines: Vec<MachineView>,
     /// Donation-level actions open to the caller.
     pub allowed_actions: Vec<DonationAction>,
+    /// Only in the answer to `approve`: a one-time enrollment token per approved machine,
+    /// shown here once (more can be issued per machine later).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub enrollment_tokens: Vec<IssuedEnrollmentToken>,
 }
 
 page_type!(DonationPage, DonationView);
@@ -349,6 +309,7 @@ pub async fn create_donation(
                     .map(|m| Change::new("machine.registered", "machine", m.id).donor(Some(donor_id)).after(m)),
             );
             audit::record(conn, &actor, &changes).await?;
+            db::events::emit(conn, &[donation_event(EventType::DonationSubmitted, &detail)]).await?;
             Ok(detail)
         })
         .await?;
@@ -551,7 +512,21 @@ pub async fn act_on_donation(
 
             let before = DonationView::from(donation);
             let machines = db::machines::of_donation(conn, updated.id).await?;
-            let detail = donation_detail(updated, machines, &caller);
+            let mut detail = donation_detail(updated, machines, &caller);
+            if request.action == DonationAction::Approve {
+                let expires_at = Utc::now() + chrono::Duration::hours(state.config.enrollment_token_hours);
+                for machine in moved.iter() {
+                    detail.enrollment_tokens.push(issue_enrollment(conn, machine, reviewer, expires_at).await?);
+                }
+            }
+            let event = match request.action {
+                DonationAction::Approve => Some(EventType::DonationApproved),
+                DonationAction::Reject => Some(EventType::DonationRejected),
+                _ => None,
+            };
+            if let Some(event) = event {
+                db::events::emit(conn, &[donation_event(event, &detail)]).await?;
+            }
             let action = match request.action {
                 DonationAction::Approve => "donation.approved",
                 DonationAction::Reject => "donation.rejected",
@@ -631,6 +606,20 @@ pub async fn put_usage_policy(
     Ok(web::Json(view))
 }
 
+/// An event about a donation, carrying the donation as the API shows it.
+fn donation_event(event_type: EventType, detail: &DonationDetail) -> db::events::NewEvent {
+    let mut data = serde_json::to_value(&detail.donation).unwrap_or_default();
+    if let Some(data) = data.as_object_mut() {
+        data.insert("machine_count".into(), detail.machines.len().into());
+    }
+    db::events::NewEvent {
+        event_type,
+        subject: format!("donations/{}", detail.donation.id),
+        donor_id: Some(detail.donation.donor_id),
+        data,
+    }
+}
+
 fn donation_detail(donation: Donation, machines: Vec<Machine>, caller: &Principal) -> DonationDetail {
     let allowed_actions = match caller {
         Principal::Admin { .. } | Principal::Donor { .. } => {
@@ -642,5 +631,6 @@ fn donation_detail(donation: Donation, machines: Vec<Machine>, caller: &Principa
         donation: donation.into(),
         machines: machines.into_iter().map(MachineView::from).collect(),
         allowed_actions,
+        enrollment_tokens: Vec::new(),
     }
 }

@@ -1,7 +1,7 @@
 //! Machines: list with filters, detail, label edits, maintenance, lifecycle transitions.
 
-use actix_web::{delete, get, patch, post, put, web};
-use chrono::{DateTime, NaiveDate, Utc};
+use actix_web::{HttpResponse, delete, get, patch, post, put, web};
+use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -9,105 +9,25 @@ use utoipa::{IntoParams, ToSchema};
 use super::{page, page_type, paginate};
 use crate::auth::{DonorScope, Principal};
 use crate::db::audit::{self, Actor, Change};
+use crate::db::machine_status::MachineStatus;
 use crate::db::machines::{LifecycleChange, Machine, MachineFilter};
 use crate::db::{self, donations::Donation};
+use crate::domain::EventType;
+use crate::domain::facts::{Facts, Mismatch};
+use crate::domain::health::is_monitored;
 use crate::domain::inventory::{check_label_key, validate_labels};
 use crate::domain::lifecycle::{self, Context};
 use crate::domain::validation::check_text;
 use crate::domain::{
-    Accelerator, Arch, DonationId, DonationModel, DonationStatus, DonorId, FieldErrors, Health, Labels, LifecycleState,
-    MachineId, SiteId,
+    Arch, DonationId, DonationModel, DonationStatus, DonorId, FieldErrors, Health, Labels, LifecycleState, MachineId,
+    SiteId,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
+use crate::handlers::agent::{IssuedEnrollmentToken, new_enrollment_secret};
+use crate::monitoring;
 use crate::state::AppState;
-
-/// How to log in to a machine over SSH.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct SshEndpoint {
-    pub host: String,
-    pub port: i32,
-    pub user: String,
-}
-
-/// Where a machine sits in the foundation's lab.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Location {
-    pub rack: String,
-    pub slot: String,
-}
-
-/// A machine as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct MachineView {
-    pub id: MachineId,
-    pub donation_id: DonationId,
-    pub donor_id: DonorId,
-    pub site_id: SiteId,
-    pub hostname: Option<String>,
-    pub asset_tag: Option<String>,
-    pub arch: Arch,
-    pub cpu_model: String,
-    pub cpu_cores: i32,
-    pub memory_mib: i64,
-    pub disk_gib: i64,
-    pub accelerators: Vec<Accelerator>,
-    pub labels: Labels,
-    pub ssh: Option<SshEndpoint>,
-    /// End of warranty, or of the agreement's term for this machine.
-    pub warranty_until: Option<NaiveDate>,
-    pub lifecycle: LifecycleState,
-    pub lifecycle_changed_at: DateTime<Utc>,
-    /// When the current in-progress state should be over; absent for settled states.
-    pub lifecycle_deadline: Option<DateTime<Utc>>,
-    /// Past its deadline.
-    pub overdue: bool,
-    pub health: Health,
-    pub location: Option<Location>,
-    pub maintenance_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<Machine> for MachineView {
-    fn from(m: Machine) -> Self {
-        let ssh = match (m.ssh_host, m.ssh_port, m.ssh_user) {
-            (Some(host), Some(port), Some(user)) => Some(SshEndpoint { host, port, user }),
-            _ => None,
-        };
-        let location = match (m.rack, m.slot) {
-            (Some(rack), Some(slot)) => Some(Location { rack, slot }),
-            _ => None,
-        };
-        Self {
-            overdue: m.lifecycle_deadline.is_some_and(|deadline| deadline < Utc::now()),
-            id: m.id,
-            donation_id: m.donation_id,
-            donor_id: m.donor_id,
-            site_id: m.site_id,
-            hostname: m.hostname,
-            asset_tag: m.asset_tag,
-            arch: m.arch,
-            cpu_model: m.cpu_model,
-            cpu_cores: m.cpu_cores,
-            memory_mib: m.memory_mib,
-            disk_gib: m.disk_gib,
-            accelerators: m.accelerators.0,
-            labels: m.labels.0,
-            ssh,
-            warranty_until: m.warranty_until,
-            lifecycle: m.lifecycle,
-            lifecycle_changed_at: m.lifecycle_changed_at,
-            lifecycle_deadline: m.lifecycle_deadline,
-            health: m.health,
-            location,
-            maintenance_reason: m.maintenance_reason,
-            created_at: m.created_at,
-            updated_at: m.updated_at,
-        }
-    }
-}
+pub use crate::views::{Location, MachineView, SshEndpoint};
 
 /// A machine with its donation's terms and what the caller may do with it next.
 #[derive(Debug, Serialize, ToSchema)]
@@ -118,6 +38,64 @@ pub struct MachineDetail {
     pub donation_status: DonationStatus,
     /// Lifecycle states the caller may move this machine to.
     pub allowed_transitions: Vec<LifecycleState>,
+    /// What the machine last reported (agent) or showed (SSH).
+    pub monitoring: Option<MonitoringView>,
+}
+
+/// What Fleetyard last heard from and about a machine.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MonitoringView {
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub agent_version: Option<String>,
+    pub load1: Option<f32>,
+    pub disk_used_pct: Option<f32>,
+    /// The agent's clock minus the server's, in milliseconds.
+    pub clock_skew_ms: Option<i32>,
+    pub uptime_secs: Option<i64>,
+    /// The facts last reported (`agent`) or probed (`ssh`).
+    pub facts: Option<Facts>,
+    pub facts_source: Option<String>,
+    pub facts_at: Option<DateTime<Utc>>,
+    /// Where the facts contradict the declaration.
+    pub mismatches: Vec<Mismatch>,
+    pub ssh: SshCheckView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SshCheckView {
+    pub last_check_at: Option<DateTime<Utc>>,
+    pub last_ok_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: i32,
+    pub last_error: Option<String>,
+    /// The pinned host key's fingerprint.
+    pub host_key_fingerprint: Option<String>,
+    /// An SSH probe is waiting for the next round.
+    pub probe_requested: bool,
+}
+
+impl From<MachineStatus> for MonitoringView {
+    fn from(s: MachineStatus) -> Self {
+        Self {
+            last_heartbeat_at: s.last_heartbeat_at,
+            agent_version: s.agent_version,
+            load1: s.load1,
+            disk_used_pct: s.disk_used_pct,
+            clock_skew_ms: s.clock_skew_ms,
+            uptime_secs: s.uptime_secs,
+            facts: s.facts.map(|f| f.0),
+            facts_source: s.facts_source,
+            facts_at: s.facts_at,
+            mismatches: s.mismatches.0,
+            ssh: SshCheckView {
+                last_check_at: s.last_ssh_check_at,
+                last_ok_at: s.last_ssh_ok_at,
+                consecutive_failures: s.ssh_failures,
+                last_error: s.ssh_error,
+                host_key_fingerprint: s.ssh_host_key_fingerprint,
+                probe_requested: s.probe_requested_at.is_some(),
+            },
+        }
+    }
 }
 
 page_type!(MachinePage, MachineView);
@@ -223,7 +201,10 @@ pub async fn get_machine(
         .filter(|m| scope.covers(m.donor_id))
         .ok_or_else(|| ApiError::not_found("machine"))?;
     let donation = find_donation(&mut conn, machine.donation_id).await?;
-    Ok(web::Json(detail(machine, &donation, &caller)))
+    let status = db::machine_status::find(&mut conn, machine.id).await?;
+    let mut detail = detail(machine, &donation, &caller);
+    detail.monitoring = status.map(MonitoringView::from);
+    Ok(web::Json(detail))
 }
 
 /// Label changes: `set` adds or overwrites, `remove` deletes.
@@ -446,7 +427,9 @@ async fn move_machine(
     .await
 }
 
-/// Audit entries for machines that changed lifecycle, `before[i]` becoming `after[i]`.
+/// Everything that follows machines changing lifecycle, `before[i]` becoming `after[i]`: the
+/// audit entries, a `machine.ready` event for each that entered the pool, and an SSH probe
+/// request for each that started onboarding (so its facts are checked against its declaration).
 pub(crate) async fn record_lifecycle_changes(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
@@ -466,6 +449,15 @@ pub(crate) async fn record_lifecycle_changes(
         })
         .collect();
     audit::record(conn, actor, &changes).await?;
+    let ready: Vec<_> = after
+        .iter()
+        .filter(|m| monitoring::announces_ready(m.lifecycle))
+        .map(|m| monitoring::machine_event(EventType::MachineReady, m, serde_json::json!({ "note": note })))
+        .collect();
+    db::events::emit(conn, &ready).await?;
+    for machine in after.iter().filter(|m| m.lifecycle == LifecycleState::Onboarding && m.ssh_host.is_some()) {
+        db::machine_status::request_probe(conn, machine.id).await?;
+    }
     Ok(())
 }
 
@@ -497,5 +489,148 @@ fn detail(machine: Machine, donation: &Donation, caller: &Principal) -> MachineD
         donation_model: donation.model,
         donation_status: donation.status,
         allowed_transitions,
+        monitoring: None,
     }
+}
+
+#[utoipa::path(
+    tag = "machines",
+    params(("id" = MachineId, Path, description = "Machine id")),
+    responses(
+        (status = 201, body = IssuedEnrollmentToken),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The machine is not in a monitored state", body = ErrorBody),
+    ),
+)]
+#[post("/machines/{id}/enrollment-token")]
+/// Issue a one-time token that enrolls this machine's agent (any unused earlier token is
+/// revoked). Ops, or the machine's donor. The token is shown once.
+pub async fn issue_enrollment_token(
+    state: web::Data<AppState>,
+    caller: Principal,
+    id: web::Path<MachineId>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = caller.admin_or_donor()?;
+    let actor = caller.actor();
+    let created_by = caller.user_id();
+    let lifetime = chrono::Duration::hours(state.config.enrollment_token_hours);
+    let mut conn = state.db().await?;
+    let issued = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let machine = lock_visible(conn, id.into_inner(), scope).await?;
+            if !is_monitored(machine.lifecycle) {
+                return Err(ApiError::conflict(
+                    "machine-not-enrollable",
+                    format!("the machine is `{}`; agents enroll once it is approved", machine.lifecycle),
+                ));
+            }
+            let issued = issue_enrollment(conn, &machine, created_by, Utc::now() + lifetime).await?;
+            let entry = Change::new("machine.enrollment_token_issued", "machine", machine.id)
+                .donor(Some(machine.donor_id))
+                .after(&serde_json::json!({ "expires_at": issued.expires_at }));
+            audit::record(conn, &actor, &[entry]).await?;
+            Ok(issued)
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(issued))
+}
+
+/// Issues an enrollment token for `machine` (inside the caller's transaction).
+pub(crate) async fn issue_enrollment(
+    conn: &mut AsyncPgConnection,
+    machine: &Machine,
+    created_by: Option<crate::domain::UserId>,
+    expires_at: DateTime<Utc>,
+) -> Result<IssuedEnrollmentToken, ApiError> {
+    let (token, hash) = new_enrollment_secret();
+    let row = db::enrollment::issue(conn, machine.id, &hash, created_by, expires_at).await?;
+    Ok(IssuedEnrollmentToken { machine_id: machine.id, token, expires_at: row.expires_at })
+}
+
+#[utoipa::path(
+    tag = "machines",
+    params(("id" = MachineId, Path, description = "Machine id")),
+    responses(
+        (status = 202, description = "The probe will run at the next SSH round"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The machine has no SSH endpoint", body = ErrorBody),
+    ),
+)]
+#[post("/machines/{id}/ssh-probe")]
+/// Ask for an SSH probe of the machine at the next round: its facts are collected and
+/// compared with its declaration. Ops, or the machine's donor.
+pub async fn request_ssh_probe(
+    state: web::Data<AppState>,
+    caller: Principal,
+    id: web::Path<MachineId>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = caller.admin_or_donor()?;
+    let mut conn = state.db().await?;
+    let machine = db::machines::find(&mut conn, id.into_inner())
+        .await?
+        .filter(|m| scope.covers(m.donor_id))
+        .ok_or_else(|| ApiError::not_found("machine"))?;
+    if machine.ssh_host.is_none() {
+        return Err(ApiError::conflict("no-ssh-endpoint", "the machine has no SSH endpoint to probe"));
+    }
+    db::machine_status::request_probe(&mut conn, machine.id).await?;
+    Ok(HttpResponse::Accepted().finish())
+}
+
+/// Why a quarantine may be lifted.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiftQuarantineRequest {
+    /// What ops checked, e.g. "the board was reinstalled; new host key expected".
+    pub note: String,
+}
+
+#[utoipa::path(
+    tag = "machines",
+    params(("id" = MachineId, Path, description = "Machine id")),
+    request_body = LiftQuarantineRequest,
+    responses(
+        (status = 200, body = MachineView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+)]
+#[delete("/machines/{id}/quarantine")]
+/// Lift a quarantine: the pinned SSH host key is forgotten, the next check pins the one the
+/// machine presents, and a probe is requested. Ops only.
+pub async fn lift_quarantine(
+    state: web::Data<AppState>,
+    caller: Principal,
+    id: web::Path<MachineId>,
+    body: Json<LiftQuarantineRequest>,
+) -> Result<web::Json<MachineView>, ApiError> {
+    caller.require_admin()?;
+    let note = body.into_inner().note;
+    let mut errors = FieldErrors::new();
+    check_text(&mut errors, "note", &note, 2000);
+    errors.into_result()?;
+    let actor = caller.actor();
+    let mut conn = state.db().await?;
+    let view = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let machine = lock_visible(conn, id.into_inner(), DonorScope::All).await?;
+            if machine.quarantined_at.is_none() {
+                return Err(ApiError::conflict("not-quarantined", "the machine is not quarantined"));
+            }
+            let lifted = db::machine_status::set_quarantine(conn, machine.id, None).await?;
+            db::machine_status::forget_host_key(conn, machine.id).await?;
+            if lifted.ssh_host.is_some() {
+                db::machine_status::request_probe(conn, machine.id).await?;
+            }
+            let (before, after) = (MachineView::from(machine), MachineView::from(lifted));
+            let entry = Change::new("machine.quarantine_lifted", "machine", after.id)
+                .donor(Some(after.donor_id))
+                .note(Some(&note))
+                .before(&before)
+                .after(&after);
+            audit::record(conn, &actor, &[entry]).await?;
+            Ok(after)
+        })
+        .await?;
+    Ok(web::Json(view))
 }

@@ -5,6 +5,7 @@
 //! rule first, validates its input completely before opening a transaction, then does its
 //! writes and their audit entries in one transaction.
 
+pub mod agent;
 pub mod audit;
 pub mod auth;
 pub mod donations;
@@ -14,6 +15,7 @@ pub mod service_tokens;
 pub mod sites;
 pub mod system;
 pub mod users;
+pub mod webhooks;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -73,6 +75,17 @@ macro_rules! uuid_cursor_key {
 }
 
 uuid_cursor_key!(DonorId, SiteId, UserId, DonationId, MachineId, TokenId);
+
+/// Events and webhook subscriptions are keyed by plain UUIDs.
+impl CursorKey for Uuid {
+    fn encode(self) -> String {
+        URL_SAFE_NO_PAD.encode(self.as_bytes())
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        Uuid::from_slice(&URL_SAFE_NO_PAD.decode(text).ok()?).ok()
+    }
+}
 
 /// Audit entries page by their numeric id.
 impl CursorKey for i64 {

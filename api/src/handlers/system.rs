@@ -1,12 +1,16 @@
 //! Liveness, readiness, the OpenAPI document and the browsable docs.
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, get, post, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use chrono::{DateTime, Utc};
+
+use crate::auth::Principal;
 use crate::db;
-use crate::error::ErrorBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::jobs::{self, JobKind, RunOutcome};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -60,4 +64,108 @@ pub async fn docs(path: Option<web::Path<String>>) -> HttpResponse {
         .insert_header((CONTENT_TYPE, content_type))
         .insert_header((CACHE_CONTROL, "public, max-age=3600"))
         .body(body)
+}
+
+/// Fleetyard's SSH public key: authorise it (in `~/.ssh/authorized_keys` of the machine's
+/// SSH user) so Fleetyard can check the machine.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SshPublicKey {
+    /// One `authorized_keys` line.
+    #[schema(example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... fleetyard")]
+    pub public_key: String,
+    #[schema(example = "SHA256:...")]
+    pub fingerprint: String,
+}
+
+#[utoipa::path(
+    tag = "system",
+    responses((status = 200, body = SshPublicKey), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+#[get("/api/v1/ssh-key")]
+/// Fleetyard's SSH public key, for donors to authorise on their machines.
+pub async fn ssh_public_key(
+    state: web::Data<AppState>,
+    caller: Principal,
+) -> Result<web::Json<SshPublicKey>, ApiError> {
+    caller.admin_or_donor()?;
+    let key = state.ssh_key().await.map_err(ApiError::internal)?;
+    Ok(web::Json(SshPublicKey { public_key: key.public_openssh.clone(), fingerprint: key.fingerprint.clone() }))
+}
+
+/// A background job, its schedule and its last run (on any replica).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub name: &'static str,
+    /// Cron, with seconds: `sec min hour day month weekday`.
+    pub schedule: String,
+    pub enabled: bool,
+    pub last_started_at: Option<DateTime<Utc>>,
+    pub last_finished_at: Option<DateTime<Utc>>,
+    pub last_run_by: Option<String>,
+    pub last_outcome: Option<String>,
+    pub last_report: Option<serde_json::Value>,
+    pub runs: i64,
+}
+
+#[utoipa::path(
+    tag = "system",
+    responses((status = 200, body = Vec<JobView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+#[get("/api/v1/jobs")]
+/// Every background job with its schedule and last run. Ops only.
+pub async fn list_jobs(state: web::Data<AppState>, caller: Principal) -> Result<web::Json<Vec<JobView>>, ApiError> {
+    caller.require_admin()?;
+    let mut conn = state.db().await?;
+    let runs = db::job_runs::list(&mut conn).await?;
+    let views = JobKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let setting = kind.setting(&state.config.jobs);
+            let run = runs.iter().find(|r| r.job == kind.name());
+            JobView {
+                name: kind.name(),
+                schedule: setting.schedule.clone(),
+                enabled: setting.enabled && state.config.jobs.enabled,
+                last_started_at: run.and_then(|r| r.last_started_at),
+                last_finished_at: run.and_then(|r| r.last_finished_at),
+                last_run_by: run.and_then(|r| r.run_by.clone()),
+                last_outcome: run.and_then(|r| r.last_outcome.clone()),
+                last_report: run.and_then(|r| r.last_report.clone()),
+                runs: run.map_or(0, |r| r.runs),
+            }
+        })
+        .collect();
+    Ok(web::Json(views))
+}
+
+/// The outcome of running a job on request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobRunResult {
+    /// `ran`, or `skipped` when another replica has this period's run.
+    pub outcome: &'static str,
+    pub report: Option<serde_json::Value>,
+}
+
+#[utoipa::path(
+    tag = "system",
+    params(("name" = String, Path, description = "Job name, e.g. `liveness-sweep`")),
+    responses(
+        (status = 200, body = JobRunResult),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+)]
+#[post("/api/v1/jobs/{name}/run")]
+/// Run a job now, on this replica, unless another replica has this period's run. Ops only.
+pub async fn run_job(
+    state: web::Data<AppState>,
+    caller: Principal,
+    name: web::Path<String>,
+) -> Result<web::Json<JobRunResult>, ApiError> {
+    caller.require_admin()?;
+    let kind = JobKind::from_name(&name).ok_or_else(|| ApiError::not_found("job"))?;
+    let outcome = jobs::run(&state, kind, &jobs::replica_name()).await.map_err(ApiError::internal)?;
+    Ok(web::Json(match outcome {
+        RunOutcome::Ran(report) => JobRunResult { outcome: "ran", report: Some(report) },
+        RunOutcome::Skipped => JobRunResult { outcome: "skipped", report: None },
+    }))
 }

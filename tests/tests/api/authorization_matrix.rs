@@ -67,6 +67,11 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
     let policy = json!({ "purposes": ["ci"], "max_concurrent_leases": 1, "max_lease_minutes": 60 });
     // Donors register their own premises; ops may register any kind of site.
     let site = |n: &str| json!({ "name": format!("site {n}"), "kind": "donor_site", "time_zone": "UTC" });
+    let heartbeat = json!({
+        "agent_version": "test", "sent_at": chrono::Utc::now(),
+        "facts": { "arch": "riscv64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 8, "memory_mib": 16384, "disk_gib": 256 },
+        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
+    });
     let donate =
         |n: &str| usage_right_form(&a.site_id, &format!("A-{n}"), vec![machine("riscv64", &format!("MX-{n}"))]);
 
@@ -117,6 +122,31 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         row(Method::DELETE, format!("/api/v1/machines/{machine_id}/maintenance"), None,
                                                                                   [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
         row(Method::GET,   "/api/v1/audit", None,                                 [Unauthenticated, Forbidden, Forbidden, In,          In,        In]),
+        row(Method::POST,  format!("/api/v1/machines/{machine_id}/enrollment-token"), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Hidden,      In,        In]),
+        row(Method::POST,  format!("/api/v1/machines/{machine_id}/ssh-probe"), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Hidden,      In,        In]),
+        row(Method::DELETE, format!("/api/v1/machines/{machine_id}/quarantine"), Some(json!({"note": "checked"})),
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::GET,   "/api/v1/ssh-key", None,                               [Unauthenticated, Forbidden, Forbidden, In,          In,        In]),
+        row(Method::GET,   "/api/v1/jobs", None,                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::POST,  "/api/v1/jobs/enrollment-expiry/run", None,            [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::GET,   "/api/v1/events", None,                                [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::POST,  "/api/v1/webhooks", Some(json!({"url": "https://hooks.example.org/f"})),
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::GET,   "/api/v1/webhooks", None,                              [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::PATCH, format!("/api/v1/webhooks/{}", uuid::Uuid::now_v7()), Some(json!({"active": false})),
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
+        row(Method::DELETE, format!("/api/v1/webhooks/{}", uuid::Uuid::now_v7()), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
+        row(Method::GET,   format!("/api/v1/webhooks/{}/deliveries", uuid::Uuid::now_v7()), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
+        // The enrollment token in the body is the credential; a made-up one is refused for all.
+        row(Method::POST,  "/api/v1/agent/enroll", Some(json!({"token": "fyenroll_made_up"})),
+                                                                                  [Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated]),
+        row(Method::POST,  "/api/v1/agent/heartbeat", Some(heartbeat),            [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
+        // Last: renewing replaces the agent's credential.
+        row(Method::POST,  "/api/v1/agent/credential", None,                      [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
     ];
 
     let tokens = [

@@ -1,13 +1,17 @@
 //! End-to-end tests of the HTTP API against a real PostgreSQL. One binary, many modules: it
 //! links once, and nextest still runs every test in its own process.
 
+mod agents;
 mod audit;
 mod auth;
 mod authorization_matrix;
 mod cli;
 mod donations;
+mod jobs;
 mod lifecycle;
 mod listing;
 mod openapi;
+mod ssh;
 mod system;
 mod validation;
+mod webhooks;

@@ -1,0 +1,81 @@
+//! `fleetyard-agent`: enrolls a machine with Fleetyard once, then reports its health by
+//! heartbeat until stopped. Small and frugal: one thread does the work, blocking I/O, no async
+//! runtime; pure Rust throughout so it builds for riscv64 and loongarch64.
+
+mod client;
+mod config;
+mod credential;
+mod facts;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Prints one line to stderr (systemd's journal adds the time).
+macro_rules! say {
+    ($level:literal, $($arg:tt)*) => {
+        eprintln!(concat!("fleetyard-agent: ", $level, ": {}"), format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+#[derive(Parser)]
+#[command(name = "fleetyard-agent", version, about = "Fleetyard's machine agent")]
+struct Cli {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, global = true, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Fleetyard's URL, e.g. https://fleetyard.example.org.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Where the machine credential is kept (mode 0600).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// PEM file of CA certificates to trust instead of the built-in Mozilla roots.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Exchange a one-time enrollment token for this machine's credential.
+    Enroll {
+        #[arg(long, env = "FLEETYARD_ENROLLMENT_TOKEN")]
+        token: String,
+    },
+    /// Send heartbeats until SIGTERM or SIGINT.
+    Run,
+    /// Print the facts and metrics a heartbeat would carry, as JSON.
+    Facts,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::Settings::load(&cli.config, cli.server, cli.state_dir, cli.ca_file) {
+        Ok(settings) => settings,
+        Err(e) => {
+            say!("error", "{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match cli.command {
+        Command::Enroll { token } => run::enroll(&settings, &token),
+        Command::Run => run::heartbeats(&settings),
+        Command::Facts => facts::collect(&settings.disk_path).and_then(|(facts, metrics)| {
+            let json = serde_json::json!({ "facts": facts, "metrics": metrics });
+            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
+            Ok(())
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            say!("error", "{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

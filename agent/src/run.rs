@@ -1,0 +1,161 @@
+//! Enrolling, and the heartbeat loop: jittered heartbeats, exponential backoff with full
+//! jitter when the server cannot be reached (never faster than once a second), credential
+//! renewal, and a clean stop on SIGTERM or SIGINT.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::client::{CallError, Client, Credential};
+use crate::config::Settings;
+use crate::credential::{self, Stored};
+use crate::facts;
+use crate::say;
+
+/// The longest wait between attempts while the server is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The shortest: a broken network never turns into a busy loop.
+const MIN_WAIT: Duration = Duration::from_secs(1);
+
+pub fn enroll(settings: &Settings, token: &str) -> Result<(), String> {
+    let server = settings.server.as_deref().ok_or("no server: pass --server or set `server` in the configuration")?;
+    let client = Client::new(server, settings.ca_file.as_deref())?;
+    let (facts, _) = facts::collect(&settings.disk_path)?;
+    let credential = client.enroll(token.trim(), &facts).map_err(|e| e.to_string())?;
+    store(settings, server, &credential)?;
+    say!("info", "enrolled as machine {}; credential saved in {}", credential.machine_id, settings.state_dir.display());
+    Ok(())
+}
+
+fn store(settings: &Settings, server: &str, credential: &Credential) -> Result<Stored, String> {
+    let stored = Stored {
+        server: server.to_owned(),
+        machine_id: credential.machine_id.clone(),
+        credential: credential.credential.clone(),
+        expires_at: credential.credential_expires_at.clone(),
+        issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    credential::save(&settings.state_dir, &stored)?;
+    Ok(stored)
+}
+
+pub fn heartbeats(settings: &Settings) -> Result<(), String> {
+    let mut stored = credential::load(&settings.state_dir)?;
+    let server = settings.server.clone().unwrap_or_else(|| stored.server.clone());
+    let client = Client::new(&server, settings.ca_file.as_deref())?;
+    let stop = stop_on_signals()?;
+    say!("info", "reporting for machine {} to {server}", stored.machine_id);
+
+    let mut interval = Duration::from_secs(10);
+    let mut failures: u32 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let wait = match beat(&client, &stored, &settings.disk_path) {
+            Ok(next) => {
+                if failures > 0 {
+                    say!("info", "the server answers again after {failures} failed attempts");
+                }
+                failures = 0;
+                interval = next;
+                if stored.due_for_renewal(SystemTime::now()) {
+                    match client.renew(&stored.credential) {
+                        Ok(fresh) => {
+                            stored = store(settings, &server, &fresh)?;
+                            say!("info", "renewed the machine credential");
+                        }
+                        Err(e) => say!("warn", "could not renew the machine credential: {e}"),
+                    }
+                }
+                jittered(interval)
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                // Say so the first time and then now and again, not at every attempt.
+                if failures == 1 || failures.is_power_of_two() {
+                    say!("warn", "heartbeat failed ({failures} in a row): {e}");
+                }
+                backoff(failures, interval)
+            }
+        };
+        sleep_unless_stopped(wait, &stop);
+    }
+    say!("info", "stopped");
+    Ok(())
+}
+
+fn beat(client: &Client, stored: &Stored, disk: &std::path::Path) -> Result<Duration, CallError> {
+    let (facts, metrics) = facts::collect(disk).map_err(CallError::Transport)?;
+    let sent_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let ack = client.heartbeat(&stored.credential, &facts, &metrics, &sent_at)?;
+    Ok(Duration::from_secs(ack.heartbeat_interval_secs.max(1)))
+}
+
+/// The interval, give or take a tenth, so a fleet started together does not beat together.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + fastrand::f64() * 0.2).max(MIN_WAIT)
+}
+
+/// Full-jitter exponential backoff: a random wait up to `interval × 2^failures`, capped.
+fn backoff(failures: u32, interval: Duration) -> Duration {
+    let ceiling = interval.saturating_mul(1 << failures.min(16)).min(MAX_BACKOFF);
+    ceiling.mul_f64(fastrand::f64()).max(MIN_WAIT)
+}
+
+/// A flag set by SIGTERM or SIGINT; the signal also wakes the sleeping main thread.
+fn stop_on_signals() -> Result<Arc<AtomicBool>, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("installing signal handlers: {e}"))?;
+    let (flag, main) = (stop.clone(), thread::current());
+    thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                flag.store(true, Ordering::Relaxed);
+                main.unpark();
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    Ok(stop)
+}
+
+fn sleep_unless_stopped(wait: Duration, stop: &AtomicBool) {
+    let deadline = Instant::now() + wait;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        thread::park_timeout(deadline - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_but_never_below_a_second_nor_above_five_minutes() {
+        let interval = Duration::from_secs(10);
+        for failures in 1..40 {
+            for _ in 0..50 {
+                let wait = backoff(failures, interval);
+                assert!(wait >= MIN_WAIT && wait <= MAX_BACKOFF, "{failures}: {wait:?}");
+            }
+        }
+        let early: Duration = (0..200).map(|_| backoff(1, interval)).sum();
+        let late: Duration = (0..200).map(|_| backoff(8, interval)).sum();
+        assert!(late > early * 4);
+    }
+
+    #[test]
+    fn heartbeats_are_jittered_around_the_interval() {
+        for _ in 0..100 {
+            let wait = jittered(Duration::from_secs(10));
+            assert!(wait >= Duration::from_secs(9) && wait <= Duration::from_secs(11));
+        }
+    }
+}

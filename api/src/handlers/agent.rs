@@ -1,0 +1,303 @@
+//! What machine agents call: enroll once with a one-time token, then send heartbeats and
+//! renew their credential.
+
+use actix_web::http::StatusCode;
+use actix_web::{post, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use diesel_async::AsyncConnection;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::auth::{AgentCaller, TokenKind};
+use crate::db::audit::{self, Actor, Change};
+use crate::db::machine_status::HeartbeatRow;
+use crate::db::{self, api_tokens::NewApiToken};
+use crate::domain::facts::{Facts, Metrics};
+use crate::domain::health::is_monitored;
+use crate::domain::health::is_overloaded;
+use crate::domain::validation::check_text;
+use crate::domain::{ActorKind, FieldErrors, MachineId, Role, TokenId};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::Json;
+use crate::heartbeats::facts_hash;
+use crate::monitoring::{self, FactsSource};
+use crate::state::AppState;
+
+/// The prefix of enrollment-token secrets, so a leaked one is recognisable.
+const ENROLLMENT_PREFIX: &str = "fyenroll_";
+
+/// A new one-time enrollment token; the secret is shown here only.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IssuedEnrollmentToken {
+    pub machine_id: MachineId,
+    /// Give this to `fleetyard-agent enroll --token ...` on the machine.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Makes a fresh enrollment secret and the hash that is stored of it.
+pub fn new_enrollment_secret() -> (String, Vec<u8>) {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let secret = format!("{ENROLLMENT_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let hash = Sha256::digest(secret.as_bytes()).to_vec();
+    (secret, hash)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The one-time enrollment token.
+    pub token: String,
+    /// The machine's facts, compared with its declaration at once.
+    #[serde(default)]
+    pub facts: Option<Facts>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Credential {
+    pub machine_id: MachineId,
+    /// The machine credential: send it as `Authorization: Bearer <credential>`. Store it
+    /// readable by the agent only.
+    pub credential: String,
+    pub credential_expires_at: DateTime<Utc>,
+    pub heartbeat_interval_secs: u64,
+}
+
+#[utoipa::path(
+    tag = "agents",
+    request_body = EnrollRequest,
+    security(()),
+    responses(
+        (status = 200, body = Credential),
+        (status = 401, description = "The token is unknown, used, revoked or expired", body = ErrorBody),
+        (status = 409, description = "The machine is not in a state that is monitored", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+)]
+#[post("/agent/enroll")]
+/// Exchange a one-time enrollment token for a machine credential. Any earlier credential of
+/// the machine stops working.
+pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Result<web::Json<Credential>, ApiError> {
+    let request = body.into_inner();
+    if let Some(facts) = &request.facts {
+        validate_facts(facts)?;
+    }
+    let hash = Sha256::digest(request.token.trim().as_bytes()).to_vec();
+    let lifetime = Duration::days(state.config.agent_credential_days);
+    let mut conn = state.db().await?;
+    let (credential, revoked) = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let refused = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid-enrollment-token", "the enrollment token is unknown, used, revoked or expired");
+            let token = db::enrollment::lock_by_secret(conn, &hash).await?.ok_or_else(refused)?;
+            if token.used_at.is_some() || token.revoked_at.is_some() || token.expires_at <= Utc::now() {
+                return Err(refused());
+            }
+            let machine = db::machines::find(conn, token.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+            if !is_monitored(machine.lifecycle) {
+                return Err(ApiError::conflict(
+                    "machine-not-enrollable",
+                    format!("the machine is `{}`; agents enroll once it is approved", machine.lifecycle),
+                ));
+            }
+            db::enrollment::mark_used(conn, token.id).await?;
+            let revoked = db::enrollment::revoke_agent_credentials(conn, machine.id).await?;
+            let credential = issue_credential(&state, conn, machine.id, lifetime).await?;
+            let actor = Actor { kind: ActorKind::Agent, id: Some(credential.token_id.0), name: format!("agent of machine {}", machine.id) };
+            let entry = Change::new("machine.agent_enrolled", "machine", machine.id)
+                .donor(Some(machine.donor_id))
+                .after(&serde_json::json!({ "credential_id": credential.token_id, "expires_at": credential.body.credential_expires_at }));
+            audit::record(conn, &actor, &[entry]).await?;
+            if let Some(facts) = &request.facts {
+                monitoring::store_facts(conn, &machine, facts, FactsSource::Agent, facts_hash(facts), &actor).await?;
+            }
+            Ok((credential.body, revoked))
+        })
+        .await?;
+    state.agents.evict(&revoked);
+    Ok(web::Json(credential))
+}
+
+struct IssuedCredential {
+    token_id: TokenId,
+    body: Credential,
+}
+
+async fn issue_credential(
+    state: &AppState,
+    conn: &mut diesel_async::AsyncPgConnection,
+    machine: MachineId,
+    lifetime: Duration,
+) -> Result<IssuedCredential, ApiError> {
+    let row = db::api_tokens::insert(
+        conn,
+        &NewApiToken {
+            id: TokenId::generate(),
+            name: &format!("agent of machine {machine}"),
+            role: Role::Agent,
+            machine_id: Some(machine),
+            created_by: None,
+            expires_at: Utc::now() + lifetime,
+        },
+    )
+    .await?;
+    let issued =
+        state.tokens.issue_api_token(row.id.0, TokenKind::Agent, row.expires_at).map_err(ApiError::internal)?;
+    Ok(IssuedCredential {
+        token_id: row.id,
+        body: Credential {
+            machine_id: machine,
+            credential: issued.token,
+            credential_expires_at: issued.expires_at,
+            heartbeat_interval_secs: state.config.heartbeat_interval_secs,
+        },
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    #[schema(example = "0.1.0")]
+    pub agent_version: String,
+    /// The agent's clock when it sent this, to measure clock skew.
+    pub sent_at: DateTime<Utc>,
+    pub facts: Facts,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatAck {
+    /// When to send the next heartbeat (agents add jitter).
+    pub heartbeat_interval_secs: u64,
+    pub server_time: DateTime<Utc>,
+}
+
+#[utoipa::path(
+    tag = "agents",
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, body = HeartbeatAck),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, description = "Too busy to store heartbeats; retry with backoff", body = ErrorBody),
+    ),
+)]
+#[post("/agent/heartbeat")]
+/// Report that the machine is alive, with its facts and load. Facts that contradict the
+/// inventory are flagged (and audited), never written over it.
+pub async fn heartbeat(
+    state: web::Data<AppState>,
+    agent: AgentCaller,
+    body: Json<HeartbeatRequest>,
+) -> Result<web::Json<HeartbeatAck>, ApiError> {
+    let beat = body.into_inner();
+    validate_facts(&beat.facts)?;
+    validate_metrics(&beat.metrics)?;
+    let now = Utc::now();
+    let hash = facts_hash(&beat.facts);
+    if state.heartbeats.facts_changed(agent.machine_id, hash) {
+        record_reported_facts(&state, agent, &beat.facts, hash).await?;
+        state.heartbeats.remember_facts(agent.machine_id, hash);
+    }
+    let policy = state.config.health_policy();
+    let row = HeartbeatRow {
+        machine_id: agent.machine_id,
+        at: now,
+        overloaded: is_overloaded(&beat.metrics, beat.facts.cpu_count, &policy),
+        agent_version: beat.agent_version,
+        load1: beat.metrics.load1,
+        disk_used_pct: beat.metrics.disk_used_pct,
+        clock_skew_ms: (beat.sent_at - now).num_milliseconds().clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+        uptime_secs: i64::try_from(beat.metrics.uptime_secs).unwrap_or(i64::MAX),
+    };
+    state.heartbeats.enqueue(row).map_err(|busy| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "heartbeats-backlogged", format!("{busy}; retry shortly"))
+    })?;
+    Ok(web::Json(HeartbeatAck { heartbeat_interval_secs: state.config.heartbeat_interval_secs, server_time: now }))
+}
+
+/// Facts this replica has not seen from the machine: store them (unless another replica
+/// already has) and compare them with the declaration.
+async fn record_reported_facts(state: &AppState, agent: AgentCaller, facts: &Facts, hash: i64) -> Result<(), ApiError> {
+    let actor = Actor {
+        kind: ActorKind::Agent,
+        id: Some(agent.token_id.0),
+        name: format!("agent of machine {}", agent.machine_id),
+    };
+    let mut conn = state.db().await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let stored = db::machine_status::lock(conn, agent.machine_id).await?;
+        if stored.as_ref().and_then(|s| s.facts_hash) == Some(hash)
+            && stored.and_then(|s| s.facts_source).as_deref() == Some("agent")
+        {
+            return Ok(());
+        }
+        let machine =
+            db::machines::find(conn, agent.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+        monitoring::store_facts(conn, &machine, facts, FactsSource::Agent, hash, &actor).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[utoipa::path(
+    tag = "agents",
+    responses((status = 200, body = Credential), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+#[post("/agent/credential")]
+/// Swap the machine credential for a fresh one (agents do this when a tenth of its life is
+/// left). The old one stops working.
+pub async fn renew_credential(
+    state: web::Data<AppState>,
+    agent: AgentCaller,
+) -> Result<web::Json<Credential>, ApiError> {
+    let lifetime = Duration::days(state.config.agent_credential_days);
+    let mut conn = state.db().await?;
+    let (credential, revoked) = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let machine = db::machines::find(conn, agent.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+            let revoked = db::enrollment::revoke_agent_credentials(conn, machine.id).await?;
+            let credential = issue_credential(&state, conn, machine.id, lifetime).await?;
+            let actor = Actor { kind: ActorKind::Agent, id: Some(agent.token_id.0), name: format!("agent of machine {}", machine.id) };
+            let entry = Change::new("machine.agent_credential_renewed", "machine", machine.id)
+                .donor(Some(machine.donor_id))
+                .after(&serde_json::json!({ "credential_id": credential.token_id, "expires_at": credential.body.credential_expires_at }));
+            audit::record(conn, &actor, &[entry]).await?;
+            Ok((credential.body, revoked))
+        })
+        .await?;
+    state.agents.evict(&revoked);
+    Ok(web::Json(credential))
+}
+
+fn validate_facts(facts: &Facts) -> Result<(), FieldErrors> {
+    let mut errors = FieldErrors::new();
+    check_text(&mut errors, "facts.arch", &facts.arch, 32);
+    check_text(&mut errors, "facts.kernel", &facts.kernel, 200);
+    check_text(&mut errors, "facts.os_release", &facts.os_release, 200);
+    check_text(&mut errors, "facts.cpu_model", &facts.cpu_model, 200);
+    if facts.cpu_count == 0 || facts.cpu_count > 65_536 {
+        errors.add("facts.cpu_count", "must be between 1 and 65536");
+    }
+    if let Some(hostname) = &facts.hostname {
+        check_text(&mut errors, "facts.hostname", hostname, 253);
+    }
+    errors.into_result()
+}
+
+fn validate_metrics(metrics: &Metrics) -> Result<(), FieldErrors> {
+    let mut errors = FieldErrors::new();
+    for (field, value) in
+        [("metrics.load1", metrics.load1), ("metrics.load5", metrics.load5), ("metrics.load15", metrics.load15)]
+    {
+        if !value.is_finite() || value < 0.0 {
+            errors.add(field, "must be a non-negative number");
+        }
+    }
+    if !(0.0..=100.0).contains(&metrics.disk_used_pct) {
+        errors.add("metrics.disk_used_pct", "must be between 0 and 100");
+    }
+    errors.into_result()
+}

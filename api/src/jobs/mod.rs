@@ -1,0 +1,204 @@
+//! Every background schedule, in one place. Each job is an idempotent async function that
+//! tests call directly; the scheduler (tokio-cron-scheduler) only decides when.
+//!
+//! With several replicas, an *exclusive* job runs once per scheduled time: a replica runs it
+//! only after claiming the job's row in `job_runs`, which refuses a second claim until most of
+//! a period has passed and while the previous run's lease holds. Webhook delivery is not
+//! exclusive: its work items are claimed one by one (`SKIP LOCKED`), so replicas share it.
+
+pub mod enrollment_expiry;
+pub mod liveness;
+pub mod reminders;
+pub mod ssh_checks;
+pub mod webhooks;
+
+use anyhow::Context;
+use chrono::{Duration, Utc};
+use croner::parser::{CronParser, Seconds};
+use serde_json::Value;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::config::{JobSetting, JobsConfig};
+use crate::db;
+use crate::state::AppState;
+
+/// The background jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Derives health from heartbeats; confirms silent agents over SSH before declaring them
+    /// unreachable.
+    LivenessSweep,
+    /// Probes machines without a reporting agent (and those awaiting an onboarding probe).
+    SshChecks,
+    /// Reminders 30, 7 and 1 days before loans fall due and usage-right terms end.
+    Reminders,
+    /// Clears enrollment tokens that expired unused.
+    EnrollmentExpiry,
+    /// Delivers queued webhook events, retrying with backoff.
+    WebhookDelivery,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 5] = [
+        JobKind::LivenessSweep,
+        JobKind::SshChecks,
+        JobKind::Reminders,
+        JobKind::EnrollmentExpiry,
+        JobKind::WebhookDelivery,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::LivenessSweep => "liveness-sweep",
+            JobKind::SshChecks => "ssh-checks",
+            JobKind::Reminders => "reminders",
+            JobKind::EnrollmentExpiry => "enrollment-expiry",
+            JobKind::WebhookDelivery => "webhook-delivery",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    pub fn setting(self, jobs: &JobsConfig) -> &JobSetting {
+        match self {
+            JobKind::LivenessSweep => &jobs.liveness_sweep,
+            JobKind::SshChecks => &jobs.ssh_checks,
+            JobKind::Reminders => &jobs.reminders,
+            JobKind::EnrollmentExpiry => &jobs.enrollment_expiry,
+            JobKind::WebhookDelivery => &jobs.webhook_delivery,
+        }
+    }
+
+    fn exclusive(self) -> bool {
+        self != JobKind::WebhookDelivery
+    }
+
+    /// The longest a run may take before another replica may start one.
+    fn lease(self) -> Duration {
+        match self {
+            JobKind::SshChecks | JobKind::Reminders => Duration::minutes(5),
+            _ => Duration::minutes(1),
+        }
+    }
+
+    async fn execute(self, state: &AppState) -> anyhow::Result<Value> {
+        Ok(match self {
+            JobKind::LivenessSweep => serde_json::to_value(liveness::sweep(state).await?)?,
+            JobKind::SshChecks => serde_json::to_value(ssh_checks::round(state).await?)?,
+            JobKind::Reminders => serde_json::to_value(reminders::send(state, Utc::now().date_naive()).await?)?,
+            JobKind::EnrollmentExpiry => serde_json::to_value(enrollment_expiry::clear(state).await?)?,
+            JobKind::WebhookDelivery => serde_json::to_value(webhooks::deliver_due(state).await?)?,
+        })
+    }
+}
+
+/// What became of a request to run a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// This replica ran it; here is its report.
+    Ran(Value),
+    /// Another replica ran it for this period, or is running it.
+    Skipped,
+}
+
+/// Runs `kind` now on behalf of `replica`, unless (for an exclusive job) another replica has
+/// it for this period.
+pub async fn run(state: &AppState, kind: JobKind, replica: &str) -> anyhow::Result<RunOutcome> {
+    if kind.exclusive() {
+        let min_gap = min_gap(&kind.setting(&state.config.jobs).schedule)?;
+        let mut conn = state.pool.get().await.context("claiming a job run")?;
+        if !db::job_runs::claim(&mut conn, kind.name(), replica, min_gap, kind.lease()).await? {
+            return Ok(RunOutcome::Skipped);
+        }
+    }
+    let result = kind.execute(state).await;
+    if kind.exclusive() {
+        let (outcome, report) = match &result {
+            Ok(report) => ("ok", report.clone()),
+            Err(e) => ("failed", Value::String(format!("{e:#}"))),
+        };
+        let mut conn = state.pool.get().await.context("recording a job run")?;
+        db::job_runs::finish(&mut conn, kind.name(), outcome, &report).await?;
+    }
+    result.map(RunOutcome::Ran)
+}
+
+/// Three quarters of the time between two scheduled runs: long enough that replicas firing
+/// the same schedule (clocks a little apart) run it once, short enough never to skip a period.
+fn min_gap(schedule: &str) -> anyhow::Result<Duration> {
+    let cron = parse(schedule)?;
+    let now = Utc::now();
+    let next = cron.find_next_occurrence(&now, false)?;
+    let after = cron.find_next_occurrence(&next, false)?;
+    Ok((after - next) * 3 / 4)
+}
+
+fn parse(schedule: &str) -> anyhow::Result<croner::Cron> {
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .build()
+        .parse(schedule)
+        .with_context(|| format!("`{schedule}` is not a cron schedule with seconds (sec min hour day month weekday)"))
+}
+
+/// A name for this replica in `job_runs`: host and process.
+pub fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{host}:{}", std::process::id())
+}
+
+/// Schedules every enabled job; returns the running scheduler (None when jobs are off).
+pub async fn start(state: AppState) -> anyhow::Result<Option<JobScheduler>> {
+    if !state.config.jobs.enabled {
+        tracing::info!("background jobs are switched off on this replica");
+        return Ok(None);
+    }
+    let scheduler = JobScheduler::new().await?;
+    let replica = replica_name();
+    for kind in JobKind::ALL {
+        let setting = kind.setting(&state.config.jobs);
+        if !setting.enabled {
+            tracing::info!(job = kind.name(), "switched off");
+            continue;
+        }
+        parse(&setting.schedule)?;
+        let (state, replica) = (state.clone(), replica.clone());
+        let job = Job::new_async(setting.schedule.as_str(), move |_, _| {
+            let (state, replica) = (state.clone(), replica.clone());
+            Box::pin(async move {
+                match run(&state, kind, &replica).await {
+                    Ok(RunOutcome::Ran(report)) => tracing::debug!(job = kind.name(), %report, "ran"),
+                    Ok(RunOutcome::Skipped) => tracing::debug!(job = kind.name(), "another replica has this run"),
+                    Err(e) => tracing::error!(job = kind.name(), "failed: {e:#}"),
+                }
+            })
+        })?;
+        scheduler.add(job).await?;
+        tracing::info!(job = kind.name(), schedule = %setting.schedule, "scheduled");
+    }
+    scheduler.start().await?;
+    Ok(Some(scheduler))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_leave_three_quarters_of_a_period_between_runs() {
+        assert_eq!(min_gap("*/4 * * * * *").unwrap(), Duration::seconds(3));
+        assert_eq!(min_gap("0 0 8 * * *").unwrap(), Duration::hours(18));
+        assert!(min_gap("every now and then").is_err());
+    }
+
+    #[test]
+    fn every_default_schedule_parses() {
+        let jobs = JobsConfig::default();
+        for kind in JobKind::ALL {
+            assert!(parse(&kind.setting(&jobs).schedule).is_ok(), "{}", kind.name());
+            assert_eq!(JobKind::from_name(kind.name()), Some(kind));
+        }
+    }
+}

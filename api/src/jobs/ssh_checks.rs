@@ -1,0 +1,179 @@
+//! SSH check rounds: machines without a reporting agent, and those awaiting an onboarding
+//! probe, are checked over SSH. Checks run concurrently within two limits: one for all
+//! checks, one per site, so an unreachable site only ever holds up its own machines; every
+//! check has time limits on connecting and on its command.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use diesel_async::AsyncConnection;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::liveness;
+use crate::db::audit::Actor;
+use crate::db::machine_status::{Monitored, SshCheckOutcome};
+use crate::db::{self, machine_status};
+use crate::domain::health::MONITORED;
+use crate::heartbeats::facts_hash;
+use crate::monitoring::{self, FactsSource};
+use crate::probe::{ProbeError, SshProber, SshTarget};
+use crate::state::AppState;
+
+#[derive(Debug, Default, Serialize)]
+pub struct SshRoundReport {
+    pub checked: usize,
+    pub reachable: usize,
+    pub failed: usize,
+    pub quarantined: usize,
+    pub health_changed: usize,
+}
+
+/// What one check concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    Reachable,
+    Failed(String),
+    HostKeyChanged,
+}
+
+/// One round: checks every machine that is due, then updates their health.
+pub async fn round(state: &AppState) -> anyhow::Result<SshRoundReport> {
+    let policy = state.config.health_policy();
+    let interval = Duration::seconds(state.config.ssh_check_interval_secs as i64);
+    let now = Utc::now();
+    let machines = {
+        let mut conn = state.pool.get().await?;
+        machine_status::monitored(&mut conn, MONITORED).await?
+    };
+    let agent_reporting = |m: &Monitored| m.last_heartbeat_at.is_some_and(|at| now - at < policy.silence());
+    let due: Vec<Monitored> = machines
+        .into_iter()
+        .filter(|m| m.ssh_host.is_some() && !m.quarantined)
+        .filter(|m| {
+            m.probe_requested_at.is_some()
+                || (!agent_reporting(m) && m.last_ssh_check_at.is_none_or(|at| now - at >= interval))
+        })
+        .collect();
+    let mut report = SshRoundReport::default();
+    if due.is_empty() {
+        return Ok(report);
+    }
+    let key = state.ssh_key().await?;
+    for (mut machine, result) in check_many(state, &key.prober, due).await {
+        report.checked += 1;
+        let checked_at = Utc::now();
+        machine.last_ssh_check_at = Some(checked_at);
+        match result {
+            CheckResult::Reachable => {
+                report.reachable += 1;
+                machine.last_ssh_ok_at = Some(checked_at);
+                machine.ssh_failures = 0;
+            }
+            CheckResult::Failed(_) => {
+                report.failed += 1;
+                machine.ssh_failures += 1;
+            }
+            CheckResult::HostKeyChanged => {
+                report.quarantined += 1;
+                machine.ssh_failures += 1;
+            }
+        }
+        if liveness::settle(state, &machine, checked_at, "ssh-checks").await? {
+            report.health_changed += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Checks `machines` concurrently within the global and per-site limits.
+pub async fn check_many(
+    state: &AppState,
+    prober: &SshProber,
+    machines: Vec<Monitored>,
+) -> Vec<(Monitored, CheckResult)> {
+    let all = Arc::new(Semaphore::new(state.config.ssh_concurrency));
+    let mut per_site: HashMap<_, Arc<Semaphore>> = HashMap::new();
+    let mut running = JoinSet::new();
+    for machine in machines {
+        let site = per_site
+            .entry(machine.site_id)
+            .or_insert_with(|| Arc::new(Semaphore::new(state.config.ssh_site_concurrency)));
+        let (site, all, state, prober) = (site.clone(), all.clone(), state.clone(), prober.clone());
+        running.spawn(async move {
+            // The site's permit first: a machine waiting on its busy site holds no global one.
+            let _site = site.acquire_owned().await;
+            let _all = all.acquire_owned().await;
+            let result = check_one(&state, &prober, &machine).await;
+            (machine, result)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = running.join_next().await {
+        match joined {
+            Ok(result) => results.push(result),
+            Err(e) => tracing::error!("an SSH check panicked: {e}"),
+        }
+    }
+    results
+}
+
+/// Checks one machine and records what it found. A changed host key quarantines it; a
+/// machine without an agent gets its facts from the probe.
+pub async fn check_one(state: &AppState, prober: &SshProber, machine: &Monitored) -> CheckResult {
+    if machine.quarantined {
+        return CheckResult::Failed("quarantined: not contacted until ops lift the quarantine".into());
+    }
+    let (Some(host), Some(port), Some(user)) = (&machine.ssh_host, machine.ssh_port, &machine.ssh_user) else {
+        return CheckResult::Failed("no SSH endpoint".into());
+    };
+    let target = SshTarget { host: host.clone(), port: u16::try_from(port).unwrap_or(22), user: user.clone() };
+    let outcome = prober.probe(&target, machine.pinned_host_key.as_deref()).await;
+    let actor = Actor::system("ssh-checks");
+    let recorded = async {
+        let mut conn = state.pool.get().await?;
+        conn.transaction::<_, anyhow::Error, _>(async |conn| {
+            Ok(match &outcome {
+                Ok(report) => {
+                    let reached = SshCheckOutcome::Reachable {
+                        host_key: &report.host_key,
+                        fingerprint: &report.host_key_fingerprint,
+                        disk_used_pct: report.metrics.disk_used_pct,
+                        load1: report.metrics.load1,
+                    };
+                    machine_status::record_ssh_check(conn, machine.id, &reached).await?;
+                    if machine.last_heartbeat_at.is_none()
+                        && let Some(declared) = db::machines::find(conn, machine.id).await?
+                    {
+                        let hash = facts_hash(&report.facts);
+                        monitoring::store_facts(conn, &declared, &report.facts, FactsSource::Ssh, hash, &actor).await?;
+                    }
+                    CheckResult::Reachable
+                }
+                Err(ProbeError::HostKeyChanged { pinned, presented, .. }) => {
+                    let error = format!("the SSH host key changed from {pinned} to {presented}");
+                    machine_status::record_ssh_check(conn, machine.id, &SshCheckOutcome::Failed { error: &error })
+                        .await?;
+                    monitoring::quarantine(conn, machine.id, &error, &actor).await?;
+                    CheckResult::HostKeyChanged
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    machine_status::record_ssh_check(conn, machine.id, &SshCheckOutcome::Failed { error: &error })
+                        .await?;
+                    CheckResult::Failed(error)
+                }
+            })
+        })
+        .await
+    };
+    match recorded.await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(machine = %machine.id, "recording an SSH check: {e:#}");
+            CheckResult::Failed(format!("could not record the check: {e}"))
+        }
+    }
+}

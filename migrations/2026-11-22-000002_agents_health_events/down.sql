@@ -1,0 +1,14 @@
+DROP TABLE webhook_deliveries;
+DROP TABLE webhook_subscriptions;
+DROP TABLE events;
+DROP TABLE reminders_sent;
+DROP TABLE job_runs;
+DROP TABLE platform_keys;
+DROP INDEX api_tokens_machine_idx;
+DROP TABLE enrollment_tokens;
+DROP TABLE machine_status;
+ALTER TABLE machines
+    DROP COLUMN health_reason,
+    DROP COLUMN health_changed_at,
+    DROP COLUMN quarantined_at,
+    DROP COLUMN quarantine_reason;

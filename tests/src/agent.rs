@@ -1,0 +1,67 @@
+//! Real `fleetyard-agent` processes.
+
+use std::process::Stdio;
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::binary;
+
+pub struct AgentProcess {
+    pub state_dir: TempDir,
+    server: String,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Enrolls with `token` into a fresh state directory.
+    pub async fn enroll(server: &str, token: &str) -> AgentProcess {
+        let state_dir = tempfile::tempdir().expect("a temporary directory");
+        let agent = AgentProcess { state_dir, server: server.to_owned(), child: None };
+        let output =
+            agent.command().args(["enroll", "--token", token]).output().await.expect("running fleetyard-agent");
+        assert!(output.status.success(), "enroll failed: {}", String::from_utf8_lossy(&output.stderr));
+        agent
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(binary("fleetyard-agent"));
+        command
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Starts sending heartbeats.
+    pub fn start(&mut self) {
+        let child = self.command().arg("run").stderr(Stdio::null()).spawn().expect("starting fleetyard-agent");
+        self.child = Some(child);
+    }
+
+    /// Kills it without warning, as a crash or power cut would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Asks it to stop (SIGTERM) and returns its exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the agent is running");
+        let pid = child.id().expect("a pid").to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("sending SIGTERM");
+        tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+            .await
+            .expect("the agent did not stop")
+            .unwrap()
+    }
+
+    pub fn credential_path(&self) -> std::path::PathBuf {
+        self.state_dir.path().join("credential.json")
+    }
+}

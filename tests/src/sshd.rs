@@ -1,0 +1,134 @@
+//! A real OpenSSH server (Debian's `openssh-server`) on a loopback port, with a host key
+//! generated for the test, authorising one public key for the current user.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+pub struct Sshd {
+    pub port: u16,
+    /// The user Fleetyard logs in as: whoever runs the tests.
+    pub user: String,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Sshd {
+    /// Starts sshd authorising `authorized_key` (an OpenSSH public-key line).
+    pub async fn start(authorized_key: &str) -> Sshd {
+        assert!(std::path::Path::new(SSHD).exists(), "{SSHD} is missing; deploy/test installs Debian's openssh-server");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("authorized_keys"), format!("{authorized_key}\n")).unwrap();
+        // Privilege separation wants this directory when sshd runs as root.
+        if rustix_is_root() {
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let user = current_user();
+        let mut sshd = Sshd { port, user, dir, child: None };
+        sshd.new_host_key().await;
+        sshd.write_config();
+        sshd.run().await;
+        sshd
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Generates a fresh ed25519 host key (replacing any).
+    async fn new_host_key(&self) {
+        let key = self.path("host_key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .await
+            .expect("running ssh-keygen");
+        assert!(status.success(), "ssh-keygen failed");
+    }
+
+    fn write_config(&self) {
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nAuthorizedKeysFile {keys}\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
+            port = self.port,
+            key = self.path("host_key").display(),
+            pid = self.path("sshd.pid").display(),
+            keys = self.path("authorized_keys").display(),
+        );
+        std::fs::write(self.path("sshd_config"), config).unwrap();
+    }
+
+    async fn run(&mut self) {
+        let mut child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(self.path("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting sshd");
+        for _ in 0..100 {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut stderr).await;
+                }
+                panic!("sshd exited at start ({status}): {stderr}");
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                self.child = Some(child);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sshd did not listen on port {}", self.port);
+    }
+
+    /// Stops sshd: the machine becomes unreachable.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts it again, same port and host key.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.run().await;
+    }
+
+    /// The machine was swapped (or compromised): same address, another host key.
+    pub async fn swap_host_key(&mut self) {
+        self.stop().await;
+        self.new_host_key().await;
+        self.run().await;
+    }
+
+    /// The host key's OpenSSH public line.
+    pub fn host_key(&self) -> String {
+        std::fs::read_to_string(self.path("host_key.pub")).unwrap().trim().to_owned()
+    }
+}
+
+fn current_user() -> String {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        let out = std::process::Command::new("id").arg("-un").output().expect("running id");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}
+
+fn rustix_is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
+}

@@ -41,8 +41,8 @@ pub struct Config {
     pub missed_heartbeats: u32,
     /// How long heartbeats gather in memory before one batched write.
     pub heartbeat_flush_millis: u64,
-    /// How long a replica trusts its cached view of an agent credential (revocation on
-    /// another replica takes at most this long to reach this one).
+    /// How often a replica polls for revoked machine credentials: a revocation made on
+    /// another replica takes at most this long to reach this one.
     pub agent_token_cache_secs: u64,
     /// Lifetime of a machine credential; agents renew it when a tenth of it is left.
     pub agent_credential_days: i64,
@@ -136,7 +136,7 @@ impl Default for Config {
             heartbeat_interval_secs: 10,
             missed_heartbeats: 3,
             heartbeat_flush_millis: 100,
-            agent_token_cache_secs: 15,
+            agent_token_cache_secs: 5,
             agent_credential_days: 365,
             enrollment_token_hours: 7 * 24,
             disk_full_pct: 95.0,

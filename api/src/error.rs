@@ -6,8 +6,9 @@
 //!   `{"code": "...", "message": "...", "details": {...}}`. Codes are stable kebab-case
 //!   strings clients may match on; messages are for people.
 //! - An outcome a client can act on (bad input, a refused transition, a taken name) is a 4xx
-//!   with its own code. Only the unexpected is a 5xx: it is logged once here with its whole
-//!   cause chain, and the client learns nothing of the internals.
+//!   with its own code. The unexpected is a 500: it is logged here with its whole cause chain,
+//!   and the client learns nothing of the internals. A 503 says "not now" (database
+//!   unreachable, heartbeat backlog) and is expected under stress.
 
 use std::borrow::Cow;
 
@@ -112,11 +113,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.status.is_server_error() {
-            match &self.cause {
-                Some(cause) => tracing::error!(code = %self.code, "request failed: {cause:#}"),
-                None => tracing::error!(code = %self.code, "request failed: {}", self.message),
-            }
+        // The request logger records every 5xx; what only this knows is the cause chain of an
+        // unexpected failure. Expected 5xx (database down, backpressure) have no cause.
+        if let Some(cause) = &self.cause {
+            tracing::error!(code = %self.code, "request failed: {cause:#}");
         }
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {

@@ -54,8 +54,29 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     }
 }
 
-/// Deserialises `bytes` as `T`, turning serde's errors into field-named API errors.
+/// Deserialises `bytes` as `T`, turning serde's errors into field-named API errors. Valid
+/// bodies take plain serde_json; only a body that fails is parsed again with path tracking,
+/// to say where it went wrong.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).or_else(|_| explain_json_error(bytes))
+}
+
+/// Like [`parse_json`] for a value that was embedded at `field` of a larger body (errors name
+/// `field.inner.path`).
+pub fn parse_json_at<T: DeserializeOwned>(bytes: &[u8], field: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).or_else(|_| {
+        let mut wrapped = Vec::with_capacity(bytes.len() + field.len() + 6);
+        wrapped.extend_from_slice(b"{\"");
+        wrapped.extend_from_slice(field.as_bytes());
+        wrapped.extend_from_slice(b"\":");
+        wrapped.extend_from_slice(bytes);
+        wrapped.push(b'}');
+        explain_json_error::<std::collections::HashMap<String, T>>(&wrapped)
+            .map(|mut map| map.remove(field).expect("the wrapper has the field"))
+    })
+}
+
+fn explain_json_error<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let malformed = |inner: &serde_json::Error| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed-json", format!("the request body is not valid JSON: {inner}"))
     };

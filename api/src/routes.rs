@@ -51,18 +51,18 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Registers every documented route.
+/// Registers every documented route. actix tries routes in this order, so the hottest come
+/// first and none with a `{pattern}` (matched by regex) stands before them.
 pub fn configure(cfg: &mut ServiceConfig) {
-    cfg.service(system::healthz)
-        .service(system::readyz)
-        .service(system::ssh_public_key)
-        .service(system::list_jobs)
-        .service(system::run_job);
+    cfg.service(system::healthz).service(system::readyz);
     cfg.service(
         scope("/api/v1")
-            .service(agent::enroll)
             .service(agent::heartbeat)
+            .service(agent::enroll)
             .service(agent::renew_credential)
+            .service(system::ssh_public_key)
+            .service(system::list_jobs)
+            .service(system::run_job)
             .service(auth::login)
             .service(auth::me)
             .service(users::create_user)

@@ -47,6 +47,8 @@ impl AppState {
             heartbeats: Arc::new(HeartbeatIngest::start(
                 pool.clone(),
                 Duration::from_millis(config.heartbeat_flush_millis),
+                // Beats at the agents' interval are all written; faster ones are coalesced.
+                Duration::from_millis(config.heartbeat_interval_secs * 1000 / 2),
             )),
             ssh_key: Arc::new(OnceCell::new()),
             config: Arc::new(config),

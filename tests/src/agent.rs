@@ -61,6 +61,11 @@ impl AgentProcess {
             .unwrap()
     }
 
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     pub fn credential_path(&self) -> std::path::PathBuf {
         self.state_dir.path().join("credential.json")
     }

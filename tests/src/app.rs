@@ -87,11 +87,26 @@ impl TestApp {
         Self::serve(self.db.clone(), (*self.state.config).clone())
     }
 
+    /// A replica listening on `address` (e.g. the address of a stopped server, to bring it back).
+    pub fn replica_at(&self, address: &str) -> TestApp {
+        let listener = TcpListener::bind(address).expect("binding the address again");
+        Self::serve_on(self.db.clone(), (*self.state.config).clone(), listener)
+    }
+
+    /// This server's `host:port`.
+    pub fn address(&self) -> String {
+        self.base_url.trim_start_matches("http://").to_owned()
+    }
+
     fn serve(db: Arc<TestDb>, config: Config) -> TestApp {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        Self::serve_on(db, config, listener)
+    }
+
+    fn serve_on(db: Arc<TestDb>, config: Config, listener: TcpListener) -> TestApp {
         fleetyard::telemetry::init(config.log_format, &config.log_filter);
         let pool = db::pool(&config.database_url, config.db_pool_size).expect("pool");
         let state = AppState::new(pool, config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
         let server = startup::build_server(state.clone(), listener, false).expect("building the server");
         let base_url = format!("http://{}", server.address);
         let handle = server.server.handle();

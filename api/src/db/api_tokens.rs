@@ -37,6 +37,11 @@ pub async fn insert(conn: &mut AsyncPgConnection, token: &NewApiToken<'_>) -> Qu
     diesel::insert_into(api_tokens::table).values(token).returning(ApiToken::as_returning()).get_result(conn).await
 }
 
+/// Stores many tokens in one statement (the load generator registers thousands).
+pub async fn insert_many(conn: &mut AsyncPgConnection, tokens: &[NewApiToken<'_>]) -> QueryResult<usize> {
+    diesel::insert_into(api_tokens::table).values(tokens).execute(conn).await
+}
+
 pub async fn find(conn: &mut AsyncPgConnection, id: TokenId) -> QueryResult<Option<ApiToken>> {
     api_tokens::table.find(id).select(ApiToken::as_select()).first(conn).await.optional()
 }
@@ -57,4 +62,20 @@ pub async fn revoke(conn: &mut AsyncPgConnection, id: TokenId, by: UserId) -> Qu
         .execute(conn)
         .await?;
     api_tokens::table.find(id).select(ApiToken::as_select()).first(conn).await
+}
+
+/// Agent credentials revoked at or after `since`, with the database's clock now.
+pub async fn agent_revocations_since(
+    conn: &mut AsyncPgConnection,
+    since: DateTime<Utc>,
+) -> QueryResult<(Vec<TokenId>, DateTime<Utc>)> {
+    let now: DateTime<Utc> =
+        diesel::select(diesel::dsl::now.into_sql::<diesel::sql_types::Timestamptz>()).get_result(conn).await?;
+    let revoked = api_tokens::table
+        .filter(api_tokens::role.eq(Role::Agent))
+        .filter(api_tokens::revoked_at.ge(since))
+        .select(api_tokens::id)
+        .load(conn)
+        .await?;
+    Ok((revoked, now))
 }

@@ -22,7 +22,8 @@ use crate::domain::validation::check_text;
 use crate::domain::{ActorKind, FieldErrors, MachineId, Role, TokenId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
-use crate::heartbeats::facts_hash;
+use crate::extract::parse_json_at;
+use crate::heartbeats::{facts_hash, raw_hash};
 use crate::monitoring::{self, FactsSource};
 use crate::state::AppState;
 
@@ -164,7 +165,9 @@ pub struct HeartbeatRequest {
     pub agent_version: String,
     /// The agent's clock when it sent this, to measure clock skew.
     pub sent_at: DateTime<Utc>,
-    pub facts: Facts,
+    /// Kept as sent: unchanged facts (the usual case) are recognised without parsing them.
+    #[schema(value_type = Facts)]
+    pub facts: Box<serde_json::value::RawValue>,
     pub metrics: Metrics,
 }
 
@@ -193,19 +196,25 @@ pub async fn heartbeat(
     body: Json<HeartbeatRequest>,
 ) -> Result<web::Json<HeartbeatAck>, ApiError> {
     let beat = body.into_inner();
-    validate_facts(&beat.facts)?;
     validate_metrics(&beat.metrics)?;
     let now = Utc::now();
-    let hash = facts_hash(&beat.facts);
-    if state.heartbeats.facts_changed(agent.machine_id, hash) {
-        record_reported_facts(&state, agent, &beat.facts, hash).await?;
-        state.heartbeats.remember_facts(agent.machine_id, hash);
-    }
+    let raw = beat.facts.get();
+    let raw_hash = raw_hash(raw);
+    let cpu_count = match state.heartbeats.known_facts(agent.machine_id, raw_hash) {
+        Some(cpu_count) => cpu_count,
+        None => {
+            let facts: Facts = parse_json_at(raw.as_bytes(), "facts")?;
+            validate_facts(&facts)?;
+            record_reported_facts(&state, agent, &facts, facts_hash(&facts)).await?;
+            state.heartbeats.remember_facts(agent.machine_id, raw_hash, facts.cpu_count);
+            facts.cpu_count
+        }
+    };
     let policy = state.config.health_policy();
     let row = HeartbeatRow {
         machine_id: agent.machine_id,
         at: now,
-        overloaded: is_overloaded(&beat.metrics, beat.facts.cpu_count, &policy),
+        overloaded: is_overloaded(&beat.metrics, cpu_count, &policy),
         agent_version: beat.agent_version,
         load1: beat.metrics.load1,
         disk_used_pct: beat.metrics.disk_used_pct,

@@ -81,7 +81,7 @@ pub struct SshPublicKey {
     tag = "system",
     responses((status = 200, body = SshPublicKey), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
-#[get("/api/v1/ssh-key")]
+#[get("/ssh-key")]
 /// Fleetyard's SSH public key, for donors to authorise on their machines.
 pub async fn ssh_public_key(
     state: web::Data<AppState>,
@@ -111,7 +111,7 @@ pub struct JobView {
     tag = "system",
     responses((status = 200, body = Vec<JobView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
-#[get("/api/v1/jobs")]
+#[get("/jobs")]
 /// Every background job with its schedule and last run. Ops only.
 pub async fn list_jobs(state: web::Data<AppState>, caller: Principal) -> Result<web::Json<Vec<JobView>>, ApiError> {
     caller.require_admin()?;
@@ -154,7 +154,7 @@ pub struct JobRunResult {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     ),
 )]
-#[post("/api/v1/jobs/{name}/run")]
+#[post("/jobs/{name}/run")]
 /// Run a job now, on this replica, unless another replica has this period's run. Ops only.
 pub async fn run_job(
     state: web::Data<AppState>,

@@ -240,3 +240,36 @@ async fn bad_heartbeats_name_the_field_and_only_agents_may_send_them() {
     app.post("/api/v1/agent/heartbeat", &w.admin, too_full.clone()).await.expect(403);
     app.post("/api/v1/agent/heartbeat", &w.ci, too_full).await.expect(403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_outlives_an_unreachable_server_without_spinning_and_recovers() {
+    let app = TestApp::spawn_with(fast_heartbeats).await;
+    let w = app.world().await;
+    let board = app.machine_in(&w, this_host_machine("AG-7"), "ready").await;
+    let mut agent = AgentProcess::enroll(&app.base_url, &board.enrollment_token).await;
+
+    // The server goes away before the agent starts.
+    let address = app.address();
+    let witness = app.replica();
+    app.stop().await;
+    agent.start();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pid = agent.pid().expect("the agent is still running");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let cpu_ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    assert!(cpu_ticks < 50, "the agent used {cpu_ticks} ticks of CPU in 4 s: it is spinning");
+    assert!(witness.machine(&w, &board.id).await["monitoring"]["last_heartbeat_at"].is_null());
+
+    // The server comes back at the same address: the agent finds it again.
+    let back = witness.replica_at(&address);
+    let started = std::time::Instant::now();
+    loop {
+        if !back.machine(&w, &board.id).await["monitoring"]["last_heartbeat_at"].is_null() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the agent did not come back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(agent.terminate().await.success());
+}

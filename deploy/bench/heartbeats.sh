@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Heartbeat ingest benchmark (release builds, PostgreSQL on this machine, loopback only).
+#
+#   deploy/bench/heartbeats.sh            # 10,000 and 100,000 identities, 15 s per measurement
+#   SECONDS_PER_RUN=30 deploy/bench/heartbeats.sh
+#
+# For each identity count, in one run against one server:
+#   1. warm-up: each machine sends one heartbeat (its facts are stored once, as when agents start);
+#   2. the ceiling: GET /healthz as fast as the server answers (64 connections);
+#   3. heartbeats as fast as the server answers (64 connections);
+#   4. heartbeats at a fixed 10,000 per second (open loop: latency counted from when each was due).
+# PostgreSQL runs with its normal durability settings (fsync on) from .local/pg-bench. Background
+# jobs are off on the server so that the figures are the ingest path's alone, and it logs warnings
+# only (per-request log lines would be measured otherwise).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+deploy/need.sh curl curl
+
+PG_PORT=${FLEETYARD_BENCH_PG_PORT:-54331}
+LISTEN=${FLEETYARD_BENCH_LISTEN:-127.0.0.1:18080}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
+IDENTITIES=${IDENTITIES:-"10000 100000"}
+MAX_IDENTITIES=$(tr ' ' '\n' <<<"$IDENTITIES" | sort -n | tail -n 1)
+
+server_url=$(deploy/pg.sh start bench "$PG_PORT")
+psql_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/psql
+"$psql_bin" -X -q "$server_url" -c "DROP DATABASE IF EXISTS fleetyard_bench WITH (FORCE)" -c "CREATE DATABASE fleetyard_bench"
+db_url=${server_url%/*}/fleetyard_bench
+
+cargo build --release -p fleetyard --bin fleetyard -p fleetyard-tests --bin fleetyard-loadgen
+bin=${CARGO_TARGET_DIR:-target}/release
+work=.local/bench
+mkdir -p "$work"
+secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LOG_FILTER=warn "$bin/fleetyard" migrate
+"$bin/fleetyard-loadgen" setup --database-url "$db_url" --jwt-secret "$secret" \
+  --identities "$MAX_IDENTITIES" --out "$work/credentials.txt"
+
+FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LISTEN=$LISTEN \
+  FLEETYARD_LOG_FILTER=warn FLEETYARD_JOBS__ENABLED=false \
+  "$bin/fleetyard" serve 2>"$work/server.log" &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf "http://$LISTEN/readyz" >/dev/null && break; sleep 0.1; done
+
+load() { "$bin/fleetyard-loadgen" run --server "$LISTEN" --credentials "$work/credentials.txt" "$@"; }
+results=$work/results.jsonl
+: >"$results"
+for n in $IDENTITIES; do
+  echo "== $n identities" >&2
+  load --target heartbeat --identities "$n" --once --seconds 600 >/dev/null
+  for spec in "healthz" "heartbeat" "heartbeat --rate 10000"; do
+    # shellcheck disable=SC2086
+    line=$(load --identities "$n" --seconds "$SECONDS_PER_RUN" --target $spec)
+    echo "$line" | tee -a "$results" >&2
+  done
+done
+
+echo
+"$bin/fleetyard-loadgen" table "$results"

@@ -1,0 +1,1 @@
+DROP INDEX api_tokens_revoked_idx;

@@ -35,7 +35,7 @@ export FLEETYARD_JWT_SECRET
 "$bin/fleetyard" admin seed-demo >/dev/null
 "$bin/fleetyard" serve 2>"$work/server.log" &
 pids=($!)
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; deploy/pg.sh stop bench >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 100); do curl -sf "http://$LISTEN/readyz" >/dev/null && break; sleep 0.1; done
 
 api=http://$LISTEN/api/v1

@@ -41,7 +41,7 @@ FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LISTEN=$LI
   FLEETYARD_LOG_FILTER=warn FLEETYARD_JOBS__ENABLED=false \
   "$bin/fleetyard" serve 2>"$work/server.log" &
 server_pid=$!
-trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null || true' EXIT
+trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; deploy/pg.sh stop bench >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 100); do curl -sf "http://$LISTEN/readyz" >/dev/null && break; sleep 0.1; done
 
 load() { "$bin/fleetyard-loadgen" run --server "$LISTEN" --credentials "$work/credentials.txt" "$@"; }

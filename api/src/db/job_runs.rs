@@ -66,6 +66,39 @@ pub async fn finish(conn: &mut AsyncPgConnection, job: &str, outcome: &str, repo
         .map(drop)
 }
 
+/// Records a run of a job that is not claimed (it shares its work out item by item).
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    job: &str,
+    runner: &str,
+    outcome: &str,
+    report: &Value,
+) -> QueryResult<()> {
+    diesel::insert_into(job_runs::table)
+        .values((
+            job_runs::job.eq(job),
+            job_runs::last_started_at.eq(diesel::dsl::now),
+            job_runs::last_finished_at.eq(diesel::dsl::now),
+            job_runs::run_by.eq(runner),
+            job_runs::runs.eq(1),
+            job_runs::last_outcome.eq(outcome),
+            job_runs::last_report.eq(report),
+        ))
+        .on_conflict(job_runs::job)
+        .do_update()
+        .set((
+            job_runs::last_started_at.eq(diesel::dsl::now),
+            job_runs::last_finished_at.eq(diesel::dsl::now),
+            job_runs::run_by.eq(runner),
+            job_runs::runs.eq(job_runs::runs + 1),
+            job_runs::last_outcome.eq(outcome),
+            job_runs::last_report.eq(report),
+        ))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<JobRun>> {
     job_runs::table.select(JobRun::as_select()).order(job_runs::job).load(conn).await
 }

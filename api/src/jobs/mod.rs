@@ -114,13 +114,15 @@ pub async fn run(state: &AppState, kind: JobKind, replica: &str) -> anyhow::Resu
         }
     }
     let result = kind.execute(state).await;
+    let (outcome, report) = match &result {
+        Ok(report) => ("ok", report.clone()),
+        Err(e) => ("failed", Value::String(format!("{e:#}"))),
+    };
+    let mut conn = state.pool.get().await.context("recording a job run")?;
     if kind.exclusive() {
-        let (outcome, report) = match &result {
-            Ok(report) => ("ok", report.clone()),
-            Err(e) => ("failed", Value::String(format!("{e:#}"))),
-        };
-        let mut conn = state.pool.get().await.context("recording a job run")?;
         db::job_runs::finish(&mut conn, kind.name(), outcome, &report).await?;
+    } else {
+        db::job_runs::record(&mut conn, kind.name(), replica, outcome, &report).await?;
     }
     result.map(RunOutcome::Ran)
 }

@@ -44,7 +44,7 @@ pub fn collect(disk: &Path) -> Result<(Facts, Metrics), String> {
         kernel: uname.release().to_string_lossy().into_owned(),
         os_release: os_release().unwrap_or_else(|| "unknown".into()),
         cpu_model: cpu_model(&cpuinfo).unwrap_or_else(|| "unknown".into()),
-        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        cpu_count: online_cpus().unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
         memory_mib: kib(&meminfo, "MemTotal:") / 1024,
         disk_gib: disk_total / (1024 * 1024 * 1024),
         hostname: Some(uname.nodename().to_string_lossy().into_owned()),
@@ -88,6 +88,25 @@ fn cpu_model(cpuinfo: &str) -> Option<String> {
     })
 }
 
+/// The machine's online CPUs. Not `available_parallelism`, which counts only what this
+/// process may use (a systemd CPU quota or affinity mask) and would contradict the
+/// declaration.
+fn online_cpus() -> Option<u32> {
+    cpu_list_len(&std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?)
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8-11,16`.
+fn cpu_list_len(list: &str) -> Option<u32> {
+    let mut count = 0;
+    for part in list.trim().split(',') {
+        count += match part.split_once('-') {
+            Some((first, last)) => last.parse::<u32>().ok()?.checked_sub(first.parse().ok()?)? + 1,
+            None => part.parse::<u32>().map(|_| 1).ok()?,
+        };
+    }
+    (count > 0).then_some(count)
+}
+
 fn os_release() -> Option<String> {
     let text =
         std::fs::read_to_string("/etc/os-release").or_else(|_| std::fs::read_to_string("/usr/lib/os-release")).ok()?;
@@ -112,5 +131,14 @@ mod tests {
         assert_eq!(cpu_model("hart\t: 0\nisa\t: rv64imafdc\nuarch\t: thead,c920\n").as_deref(), Some("thead,c920"));
         assert_eq!(cpu_model("Model Name\t: Loongson-3A6000\n").as_deref(), Some("Loongson-3A6000"));
         assert_eq!(kib("MemTotal:       16314784 kB\n", "MemTotal:"), 16_314_784);
+    }
+
+    #[test]
+    fn counts_kernel_cpu_lists() {
+        assert_eq!(cpu_list_len("0\n"), Some(1));
+        assert_eq!(cpu_list_len("0-63\n"), Some(64));
+        assert_eq!(cpu_list_len("0-3,8-11,16"), Some(9));
+        assert_eq!(cpu_list_len("3-1"), None);
+        assert_eq!(cpu_list_len(""), None);
     }
 }

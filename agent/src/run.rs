@@ -1,7 +1,8 @@
 //! Enrolling, and the heartbeat loop: jittered heartbeats, exponential backoff with full
-//! jitter when the server cannot be reached (never faster than once a second), credential
-//! renewal, and a clean stop on SIGTERM or SIGINT.
+//! jitter when the server cannot be reached (never faster than once a second, never slower
+//! than once a minute), credential renewal, and a clean stop on SIGTERM or SIGINT.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -16,68 +17,136 @@ use crate::credential::{self, Stored};
 use crate::facts;
 use crate::say;
 
-/// The longest wait between attempts while the server is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The longest wait between attempts while the server is unreachable. After an outage of its
+/// own the server waits this long for agents to come back before it judges their silence
+/// (`AGENT_MAX_BACKOFF_SECS` on the server side): change both together.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The shortest: a broken network never turns into a busy loop.
 const MIN_WAIT: Duration = Duration::from_secs(1);
+/// After a renewal that failed, the next attempt waits this long...
+const RENEWAL_RETRY: Duration = Duration::from_secs(5 * 60);
+/// ...or this long, when the server says the credential is too fresh to renew.
+const RENEWAL_TOO_EARLY_RETRY: Duration = Duration::from_secs(60 * 60);
 
 pub fn enroll(settings: &Settings, token: &str) -> Result<(), String> {
     let server = settings.server.as_deref().ok_or("no server: pass --server or set `server` in the configuration")?;
     let client = Client::new(server, settings.ca_file.as_deref())?;
     let (facts, _) = facts::collect(&settings.disk_path)?;
     let credential = client.enroll(token.trim(), &facts).map_err(|e| e.to_string())?;
-    store(settings, server, &credential)?;
+    credential::save(&settings.state_dir, &stored(server, &credential))?;
     say!("info", "enrolled as machine {}; credential saved in {}", credential.machine_id, settings.state_dir.display());
     Ok(())
 }
 
-fn store(settings: &Settings, server: &str, credential: &Credential) -> Result<Stored, String> {
-    let stored = Stored {
+fn stored(server: &str, credential: &Credential) -> Stored {
+    Stored {
         server: server.to_owned(),
         machine_id: credential.machine_id.clone(),
         credential: credential.credential.clone(),
         expires_at: credential.credential_expires_at.clone(),
         issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-    };
-    credential::save(&settings.state_dir, &stored)?;
-    Ok(stored)
+    }
+}
+
+/// The machine credential in use, and where renewing it stands.
+struct Keeper<'a> {
+    state_dir: &'a Path,
+    server: String,
+    stored: Stored,
+    /// A renewed credential the disk would not take yet: kept in memory, saved again later.
+    unsaved: bool,
+    next_renewal: Instant,
+}
+
+impl Keeper<'_> {
+    /// Renews the credential when it is due, saving what the server hands out.
+    fn renew_if_due(&mut self, client: &Client) {
+        if self.unsaved {
+            self.save();
+        }
+        if !self.stored.due_for_renewal(SystemTime::now()) || Instant::now() < self.next_renewal {
+            return;
+        }
+        match client.renew(&self.stored.credential) {
+            Ok(fresh) => {
+                self.stored = stored(&self.server, &fresh);
+                self.unsaved = true;
+                self.save();
+                say!("info", "renewed the machine credential");
+            }
+            Err(CallError::Refused { status: 409, message }) => {
+                self.next_renewal = Instant::now() + RENEWAL_TOO_EARLY_RETRY;
+                say!("warn", "the server will not renew the credential yet: {message}");
+            }
+            Err(e) => {
+                self.next_renewal = Instant::now() + RENEWAL_RETRY;
+                say!("warn", "could not renew the machine credential: {e}");
+            }
+        }
+    }
+
+    fn save(&mut self) {
+        match credential::save(self.state_dir, &self.stored) {
+            Ok(()) => self.unsaved = false,
+            // The server retires the old credential in minutes: the new one must not be lost
+            // to a full disk, so it stays in memory and saving is tried again at each beat.
+            Err(e) => say!("warn", "could not save the renewed credential (using it from memory): {e}"),
+        }
+    }
+
+    /// After the server refused the credential: takes up the one on disk if it is another
+    /// (the machine was enrolled again while this agent ran). Returns whether it did.
+    fn reload(&mut self) -> bool {
+        if self.unsaved {
+            return false;
+        }
+        match credential::load(self.state_dir) {
+            Ok(on_disk) if on_disk.credential != self.stored.credential => {
+                say!("info", "the credential was refused; using the newer one in {}", self.state_dir.display());
+                self.stored = on_disk;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 pub fn heartbeats(settings: &Settings) -> Result<(), String> {
-    let mut stored = credential::load(&settings.state_dir)?;
+    let stored = credential::load(&settings.state_dir)?;
     let server = settings.server.clone().unwrap_or_else(|| stored.server.clone());
     let client = Client::new(&server, settings.ca_file.as_deref())?;
     let stop = stop_on_signals()?;
     say!("info", "reporting for machine {} to {server}", stored.machine_id);
+    let mut keeper =
+        Keeper { state_dir: &settings.state_dir, server, stored, unsaved: false, next_renewal: Instant::now() };
 
     let mut interval = Duration::from_secs(10);
     let mut failures: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
-        let wait = match beat(&client, &stored, &settings.disk_path) {
+        let wait = match beat(&client, &keeper.stored, &settings.disk_path) {
             Ok(next) => {
                 if failures > 0 {
                     say!("info", "the server answers again after {failures} failed attempts");
                 }
                 failures = 0;
                 interval = next;
-                if stored.due_for_renewal(SystemTime::now()) {
-                    match client.renew(&stored.credential) {
-                        Ok(fresh) => {
-                            stored = store(settings, &server, &fresh)?;
-                            say!("info", "renewed the machine credential");
-                        }
-                        Err(e) => say!("warn", "could not renew the machine credential: {e}"),
-                    }
-                }
+                keeper.renew_if_due(&client);
                 jittered(interval)
             }
+            // Busy (its heartbeat queue is full): keep to the usual pace rather than back off,
+            // which would make this machine look silent.
+            Err(e @ CallError::Refused { status: 503, .. }) => {
+                say!("warn", "heartbeat deferred: {e}");
+                jittered(interval)
+            }
+            Err(CallError::Refused { status: 401, .. }) if keeper.reload() => MIN_WAIT,
             Err(e) => {
                 failures = failures.saturating_add(1);
                 // Say so the first time and then now and again, not at every attempt.
                 if failures == 1 || failures.is_power_of_two() {
                     say!("warn", "heartbeat failed ({failures} in a row): {e}");
                 }
-                backoff(failures, interval)
+                backoff(failures)
             }
         };
         sleep_unless_stopped(wait, &stop);
@@ -86,7 +155,7 @@ pub fn heartbeats(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-fn beat(client: &Client, stored: &Stored, disk: &std::path::Path) -> Result<Duration, CallError> {
+fn beat(client: &Client, stored: &Stored, disk: &Path) -> Result<Duration, CallError> {
     let (facts, metrics) = facts::collect(disk).map_err(CallError::Transport)?;
     let sent_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let ack = client.heartbeat(&stored.credential, &facts, &metrics, &sent_at)?;
@@ -98,9 +167,9 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + fastrand::f64() * 0.2).max(MIN_WAIT)
 }
 
-/// Full-jitter exponential backoff: a random wait up to `interval × 2^failures`, capped.
-fn backoff(failures: u32, interval: Duration) -> Duration {
-    let ceiling = interval.saturating_mul(1 << failures.min(16)).min(MAX_BACKOFF);
+/// Full-jitter exponential backoff: a random wait up to `2^failures` seconds, capped.
+fn backoff(failures: u32) -> Duration {
+    let ceiling = Duration::from_secs(1 << failures.min(16)).min(MAX_BACKOFF);
     ceiling.mul_f64(fastrand::f64()).max(MIN_WAIT)
 }
 
@@ -138,16 +207,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_but_never_below_a_second_nor_above_five_minutes() {
-        let interval = Duration::from_secs(10);
+    fn backoff_grows_but_never_below_a_second_nor_above_a_minute() {
         for failures in 1..40 {
             for _ in 0..50 {
-                let wait = backoff(failures, interval);
+                let wait = backoff(failures);
                 assert!(wait >= MIN_WAIT && wait <= MAX_BACKOFF, "{failures}: {wait:?}");
             }
         }
-        let early: Duration = (0..200).map(|_| backoff(1, interval)).sum();
-        let late: Duration = (0..200).map(|_| backoff(8, interval)).sum();
+        let early: Duration = (0..200).map(|_| backoff(1)).sum();
+        let late: Duration = (0..200).map(|_| backoff(8)).sum();
         assert!(late > early * 4);
     }
 

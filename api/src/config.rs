@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +70,10 @@ pub struct Config {
     pub ssh_site_concurrency: usize,
     /// How often each machine without a reporting agent is checked over SSH.
     pub ssh_check_interval_secs: u64,
+    /// Networks SSH checks never connect to, whatever a machine's SSH endpoint says: by
+    /// default loopback, link-local (cloud metadata services), unspecified and multicast, so
+    /// that a declared endpoint cannot point Fleetyard at itself or its host.
+    pub ssh_refused_networks: Vec<IpNet>,
 
     /// Time limit for one webhook delivery.
     pub webhook_timeout_secs: u64,
@@ -89,6 +94,7 @@ pub struct JobsConfig {
     pub reminders: JobSetting,
     pub enrollment_expiry: JobSetting,
     pub webhook_delivery: JobSetting,
+    pub outbox_retention: JobSetting,
 }
 
 /// One schedule: a cron expression with seconds (`sec min hour day month weekday`).
@@ -113,6 +119,7 @@ impl Default for JobsConfig {
             reminders: JobSetting::every("0 0 8 * * *"),
             enrollment_expiry: JobSetting::every("0 */10 * * * *"),
             webhook_delivery: JobSetting::every("* * * * * *"),
+            outbox_retention: JobSetting::every("0 30 3 * * *"),
         }
     }
 }
@@ -149,6 +156,19 @@ impl Default for Config {
             ssh_concurrency: 32,
             ssh_site_concurrency: 4,
             ssh_check_interval_secs: 60,
+            ssh_refused_networks: [
+                "0.0.0.0/8",
+                "127.0.0.0/8",
+                "169.254.0.0/16",
+                "224.0.0.0/3",
+                "::/128",
+                "::1/128",
+                "fe80::/10",
+                "ff00::/8",
+            ]
+            .iter()
+            .map(|net| net.parse().expect("a valid network"))
+            .collect(),
             webhook_timeout_secs: 10,
             webhook_max_attempts: 12,
             jobs: JobsConfig::default(),
@@ -247,7 +267,12 @@ mod tests {
             )?;
             jail.set_env("FLEETYARD_LISTEN", "127.0.0.1:9999");
             jail.set_env("FLEETYARD_DB_POOL_SIZE", "3");
+            jail.set_env("FLEETYARD_SSH_REFUSED_NETWORKS", "[127.0.0.0/8, 10.8.0.0/16]");
+            jail.set_env("FLEETYARD_JOBS__REMINDERS__ENABLED", "false");
             let config = Config::load(Some(Path::new("fleetyard.toml"))).expect("loads");
+            let refused: Vec<String> = config.ssh_refused_networks.iter().map(ToString::to_string).collect();
+            assert_eq!(refused, ["127.0.0.0/8", "10.8.0.0/16"]);
+            assert!(!config.jobs.reminders.enabled && config.jobs.ssh_checks.enabled);
             assert_eq!(config.database_url, "postgres://file@127.0.0.1/fleetyard");
             assert_eq!(config.listen, "127.0.0.1:9999");
             assert_eq!(config.db_pool_size, 3);
@@ -267,6 +292,40 @@ mod tests {
             jail.set_env("FLEETYARD_JWT_SECRET", "0123456789abcdef0123456789abcdef");
             assert!(Config::load(None).is_ok());
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    /// `.env.example` names every option, and the values it shows are the defaults.
+    #[test]
+    fn the_example_environment_documents_every_option_with_its_default() {
+        let example = include_str!("../../.env.example");
+        let mentioned = |key: &str| example.lines().any(|l| l.trim_start_matches(['#', ' ']).starts_with(key));
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        for (option, value) in defaults.as_object().unwrap() {
+            let key = format!("FLEETYARD_{}", option.to_uppercase());
+            match value.as_object() {
+                Some(jobs) => {
+                    for job in jobs.keys().filter(|k| *k != "enabled") {
+                        let prefix = format!("{key}__{}__", job.to_uppercase());
+                        assert!(mentioned(&prefix), "`.env.example` does not mention {prefix}SCHEDULE");
+                    }
+                }
+                None => assert!(mentioned(&format!("{key}=")), "`.env.example` does not mention {key}"),
+            }
+        }
+        figment::Jail::expect_with(|jail| {
+            for line in example.lines().filter(|l| l.starts_with("FLEETYARD_")) {
+                let (key, value) = line.split_once('=').unwrap();
+                jail.set_env(key, value);
+            }
+            jail.set_env("FLEETYARD_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+            let loaded = serde_json::to_value(Config::load(None).expect("the example loads")).unwrap();
+            for (option, default) in defaults.as_object().unwrap() {
+                if option != "jwt_secret" && option != "database_url" {
+                    assert_eq!(&loaded[option], default, "`.env.example` shows {option} other than its default");
+                }
+            }
             Ok(())
         });
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 // Seeded per process, and several times faster than SipHash on these keys.
 use foldhash::{HashMap, HashMapExt};
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -102,11 +103,11 @@ pub fn raw_hash(facts_json: &str) -> u64 {
     hasher.finish()
 }
 
-/// A stable hash of a machine's facts, stored with them to notice when they change.
+/// A hash of a machine's facts, stored with them to notice when they change. Stable across
+/// builds and replicas (std's hasher promises neither): the first 8 bytes of a SHA-256.
 pub fn facts_hash(facts: &Facts) -> i64 {
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_string(facts).unwrap_or_default().hash(&mut hasher);
-    hasher.finish() as i64
+    let digest = Sha256::digest(serde_json::to_vec(facts).unwrap_or_default());
+    i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 is 32 bytes"))
 }
 
 async fn write_batches(
@@ -117,6 +118,9 @@ async fn write_batches(
     stop: Arc<Notify>,
 ) {
     let mut writer = Writer::new(min_write_interval);
+    // The map handlers fill next: last round's, emptied but with its room kept, so that the
+    // queue does not grow from nothing (rehashing under the lock) every flush.
+    let mut spare = HashMap::new();
     let mut tick = tokio::time::interval(flush_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,9 +128,17 @@ async fn write_batches(
             _ = tick.tick() => false,
             _ = stop.notified() => true,
         };
-        let taken = queue.lock().map(|mut queue| std::mem::take(&mut *queue)).unwrap_or_default();
-        let rows = if stopping { writer.everything(taken) } else { writer.due(taken, Instant::now()) };
-        store(&pool, rows).await;
+        let mut taken = {
+            let mut queue = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::replace(&mut *queue, std::mem::take(&mut spare))
+        };
+        writer.take_back_failed(&mut taken);
+        let rows = if stopping { writer.everything(&mut taken) } else { writer.due(&mut taken, Instant::now()) };
+        spare = taken;
+        if let Err(rows) = store(&pool, rows).await {
+            // Kept for the next flush: an outage must not silently age every machine.
+            writer.failed(rows);
+        }
         if stopping {
             return;
         }
@@ -145,16 +157,42 @@ struct Writer {
     /// (may write again at, machine, written at), oldest first: the interval is fixed, so
     /// this is in time order and a tick only looks at what has come due.
     releases: VecDeque<(Instant, MachineId, Instant)>,
+    /// Beats whose write failed, to try again at the next flush.
+    retry: Vec<HeartbeatRow>,
 }
 
 impl Writer {
     fn new(min_interval: Duration) -> Self {
-        Self { min_interval, deferred: HashMap::new(), written: HashMap::new(), releases: VecDeque::new() }
+        Self {
+            min_interval,
+            deferred: HashMap::new(),
+            written: HashMap::new(),
+            releases: VecDeque::new(),
+            retry: Vec::new(),
+        }
     }
 
-    fn due(&mut self, taken: HashMap<MachineId, HeartbeatRow>, now: Instant) -> Vec<HeartbeatRow> {
-        let mut rows = Vec::new();
-        for (machine, row) in taken {
+    /// Rows whose write failed: not counted as written, and tried again with the next batch.
+    fn failed(&mut self, rows: Vec<HeartbeatRow>) {
+        for row in &rows {
+            self.written.remove(&row.machine_id);
+        }
+        self.retry = rows;
+    }
+
+    /// Puts the failed rows back with the newly queued ones (a newer beat of a machine wins).
+    fn take_back_failed(&mut self, taken: &mut HashMap<MachineId, HeartbeatRow>) {
+        for row in self.retry.drain(..) {
+            if taken.get(&row.machine_id).is_none_or(|newer| newer.at < row.at) {
+                taken.insert(row.machine_id, row);
+            }
+        }
+    }
+
+    /// The rows to write now, taking every beat out of `taken`.
+    fn due(&mut self, taken: &mut HashMap<MachineId, HeartbeatRow>, now: Instant) -> Vec<HeartbeatRow> {
+        let mut rows = Vec::with_capacity(taken.len());
+        for (machine, row) in taken.drain() {
             let recent = self.written.get(&machine).is_some_and(|at| now.duration_since(*at) < self.min_interval);
             if recent {
                 self.deferred.insert(machine, row);
@@ -182,23 +220,25 @@ impl Writer {
     }
 
     /// Everything queued or deferred (at shutdown).
-    fn everything(&mut self, taken: HashMap<MachineId, HeartbeatRow>) -> Vec<HeartbeatRow> {
-        self.deferred.extend(taken);
+    fn everything(&mut self, taken: &mut HashMap<MachineId, HeartbeatRow>) -> Vec<HeartbeatRow> {
+        self.deferred.extend(taken.drain());
         self.deferred.drain().map(|(_, row)| row).collect()
     }
 }
 
-async fn store(pool: &Pool, rows: Vec<HeartbeatRow>) {
+/// Writes `rows`; gives them back if that failed.
+async fn store(pool: &Pool, rows: Vec<HeartbeatRow>) -> Result<(), Vec<HeartbeatRow>> {
     if rows.is_empty() {
-        return;
+        return Ok(());
     }
     let stored = match pool.get().await {
         Ok(mut conn) => db::machine_status::record_heartbeats(&mut conn, &rows).await.map_err(anyhow::Error::from),
         Err(e) => Err(anyhow::Error::from(e)),
     };
-    if let Err(e) = stored {
-        tracing::warn!(heartbeats = rows.len(), "dropping a batch of heartbeats: {e:#}");
-    }
+    stored.map(drop).map_err(|e| {
+        tracing::warn!(heartbeats = rows.len(), "storing heartbeats failed; trying again at the next flush: {e:#}");
+        rows
+    })
 }
 
 #[cfg(test)]
@@ -228,17 +268,32 @@ mod tests {
             rows.iter().map(|r| (r.machine_id, r.at.timestamp() - 1_800_000_000)).collect::<Vec<_>>()
         };
 
-        assert_eq!(written(writer.due(HashMap::from_iter([(a, beat(a, 0))]), at(0))), [(a, 0)]);
+        assert_eq!(written(writer.due(&mut HashMap::from_iter([(a, beat(a, 0))]), at(0))), [(a, 0)]);
         // Two more beats of `a` within its interval: held, the newest kept; `b` goes at once.
-        assert!(writer.due(HashMap::from_iter([(a, beat(a, 1))]), at(1)).is_empty());
-        assert_eq!(written(writer.due(HashMap::from_iter([(a, beat(a, 2)), (b, beat(b, 2))]), at(2))), [(b, 2)]);
+        assert!(writer.due(&mut HashMap::from_iter([(a, beat(a, 1))]), at(1)).is_empty());
+        assert_eq!(written(writer.due(&mut HashMap::from_iter([(a, beat(a, 2)), (b, beat(b, 2))]), at(2))), [(b, 2)]);
         // When the interval has passed, the held beat goes out without a new one arriving.
-        assert!(writer.due(HashMap::new(), at(4)).is_empty());
-        assert_eq!(written(writer.due(HashMap::new(), at(5))), [(a, 2)]);
+        assert!(writer.due(&mut HashMap::new(), at(4)).is_empty());
+        assert_eq!(written(writer.due(&mut HashMap::new(), at(5))), [(a, 2)]);
         // A beat at the agents' usual pace (10 s) is written as it comes.
-        assert_eq!(written(writer.due(HashMap::from_iter([(a, beat(a, 15))]), at(15))), [(a, 15)]);
+        assert_eq!(written(writer.due(&mut HashMap::from_iter([(a, beat(a, 15))]), at(15))), [(a, 15)]);
         // At shutdown, whatever waits goes.
-        assert!(writer.due(HashMap::from_iter([(a, beat(a, 16))]), at(16)).is_empty());
-        assert_eq!(written(writer.everything(HashMap::new())), [(a, 16)]);
+        assert!(writer.due(&mut HashMap::from_iter([(a, beat(a, 16))]), at(16)).is_empty());
+        assert_eq!(written(writer.everything(&mut HashMap::new())), [(a, 16)]);
+    }
+
+    #[test]
+    fn beats_whose_write_failed_are_written_with_the_next_batch() {
+        let mut writer = Writer::new(Duration::from_secs(5));
+        let a = MachineId::generate();
+        let t0 = Instant::now();
+        let rows = writer.due(&mut HashMap::from_iter([(a, beat(a, 0))]), t0);
+        writer.failed(rows);
+        // The database is back 100 ms later: the beat goes, though its machine "was just written".
+        let mut taken = HashMap::new();
+        writer.take_back_failed(&mut taken);
+        let again = writer.due(&mut taken, t0 + Duration::from_millis(100));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].machine_id, a);
     }
 }

@@ -93,6 +93,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(machines::issue_enrollment_token)
             .service(machines::request_ssh_probe)
             .service(machines::lift_quarantine)
+            .service(machines::cut_off_machine_agent)
             .service(webhooks::create_webhook)
             .service(webhooks::list_webhooks)
             .service(webhooks::update_webhook)

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::db::{self, DbConn};
 use crate::error::ApiError;
 use crate::heartbeats::HeartbeatIngest;
-use crate::probe::{self, SshProber};
+use crate::probe::{self, SshLimits, SshProber};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -23,6 +23,8 @@ pub struct AppState {
     pub openapi_json: Arc<str>,
     pub agents: Arc<AgentCredentials>,
     pub heartbeats: Arc<HeartbeatIngest>,
+    /// The limits every SSH check in this process shares.
+    pub ssh_limits: Arc<SshLimits>,
     ssh_key: Arc<OnceCell<SshKey>>,
 }
 
@@ -50,6 +52,7 @@ impl AppState {
                 // Beats at the agents' interval are all written; faster ones are coalesced.
                 Duration::from_millis(config.heartbeat_interval_secs * 1000 / 2),
             )),
+            ssh_limits: Arc::new(SshLimits::new(config.ssh_concurrency, config.ssh_site_concurrency)),
             ssh_key: Arc::new(OnceCell::new()),
             config: Arc::new(config),
             pool,
@@ -87,6 +90,7 @@ impl AppState {
                     &stored.private_key,
                     Duration::from_secs(config.ssh_connect_timeout_secs),
                     Duration::from_secs(config.ssh_command_timeout_secs),
+                    config.ssh_refused_networks.clone(),
                 )?;
                 Ok(SshKey { public_openssh: stored.public_key, fingerprint: stored.fingerprint, prober })
             })

@@ -18,10 +18,15 @@ impl AgentProcess {
     pub async fn enroll(server: &str, token: &str) -> AgentProcess {
         let state_dir = tempfile::tempdir().expect("a temporary directory");
         let agent = AgentProcess { state_dir, server: server.to_owned(), child: None };
-        let output =
-            agent.command().args(["enroll", "--token", token]).output().await.expect("running fleetyard-agent");
-        assert!(output.status.success(), "enroll failed: {}", String::from_utf8_lossy(&output.stderr));
+        agent.re_enroll(token).await;
         agent
+    }
+
+    /// Enrolls again with `token` into the same state directory, as someone re-enrolling a
+    /// machine whose agent keeps running would.
+    pub async fn re_enroll(&self, token: &str) {
+        let output = self.command().args(["enroll", "--token", token]).output().await.expect("running fleetyard-agent");
+        assert!(output.status.success(), "enroll failed: {}", String::from_utf8_lossy(&output.stderr));
     }
 
     fn command(&self) -> Command {

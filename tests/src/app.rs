@@ -64,6 +64,8 @@ pub fn test_config(database_url: &str) -> Config {
         heartbeat_flush_millis: 20,
         ssh_connect_timeout_secs: 3,
         ssh_command_timeout_secs: 5,
+        // The test sshd listens on loopback, which Fleetyard refuses by default.
+        ssh_refused_networks: Vec::new(),
         ..Config::default()
     }
 }

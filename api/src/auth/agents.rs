@@ -83,14 +83,17 @@ impl AgentCredentials {
         let token_id = TokenId(claims.jti);
         let mut conn = state.db().await?;
         let row = db::api_tokens::find(&mut conn, token_id).await?;
+        let now = Utc::now();
+        // A credential may be retired in the future (its successor was issued); it works until then.
+        let until = row.as_ref().and_then(|t| t.revoked_at).map_or(claims.exp, |at| at.timestamp().min(claims.exp));
         let machine_id = row
-            .filter(|t| t.role == Role::Agent && t.revoked_at.is_none() && t.expires_at > Utc::now())
+            .filter(|t| t.role == Role::Agent && t.revoked_at.is_none_or(|at| at > now) && t.expires_at > now)
             .and_then(|t| t.machine_id);
         if let Ok(mut known) = self.known.write() {
             if known.len() >= MAX_REMEMBERED {
                 known.clear();
             }
-            let entry = Cached { token_id, machine_id, expires: claims.exp };
+            let entry = Cached { token_id, machine_id, expires: until };
             known.insert(credential.to_owned(), entry);
         }
         Ok(AgentCaller { token_id, machine_id: machine_id.ok_or_else(refused)? })
@@ -120,6 +123,9 @@ impl AgentCredentials {
 
     /// Forgets credentials at once (after a revocation on this replica).
     pub fn evict(&self, tokens: &[TokenId]) {
+        if tokens.is_empty() {
+            return;
+        }
         if let Ok(mut known) = self.known.write() {
             known.retain(|_, entry| !tokens.contains(&entry.token_id));
         }

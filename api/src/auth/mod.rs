@@ -179,7 +179,7 @@ async fn resolve(conn: &mut diesel_async::AsyncPgConnection, claims: &Claims) ->
                 .await?
                 .filter(|row| row.id.0 == claims.sub)
                 .ok_or_else(|| ApiError::unauthenticated("the token is not known to this server"))?;
-            if row.revoked_at.is_some() {
+            if row.revoked_at.is_some_and(|at| at <= Utc::now()) {
                 return Err(ApiError::unauthenticated("the token has been revoked"));
             }
             if row.expires_at <= Utc::now() {

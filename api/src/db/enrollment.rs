@@ -28,15 +28,7 @@ pub async fn issue(
     created_by: Option<UserId>,
     expires_at: DateTime<Utc>,
 ) -> QueryResult<EnrollmentToken> {
-    diesel::update(
-        enrollment_tokens::table
-            .filter(enrollment_tokens::machine_id.eq(machine))
-            .filter(enrollment_tokens::used_at.is_null())
-            .filter(enrollment_tokens::revoked_at.is_null()),
-    )
-    .set(enrollment_tokens::revoked_at.eq(diesel::dsl::now))
-    .execute(conn)
-    .await?;
+    revoke_open_tokens(conn, machine).await?;
     diesel::insert_into(enrollment_tokens::table)
         .values((
             enrollment_tokens::id.eq(TokenId::generate()),
@@ -80,16 +72,52 @@ pub async fn delete_expired(conn: &mut AsyncPgConnection) -> QueryResult<usize> 
     .await
 }
 
-/// Revokes every live credential of `machine`'s agent (a re-enrolled agent replaces them).
+/// Revokes, now, every credential of `machine`'s agent not already revoked (a re-enrolled
+/// agent replaces them; a machine leaving service loses them).
 pub async fn revoke_agent_credentials(conn: &mut AsyncPgConnection, machine: MachineId) -> QueryResult<Vec<TokenId>> {
     diesel::update(
         api_tokens::table
             .filter(api_tokens::machine_id.eq(machine))
             .filter(api_tokens::role.eq(Role::Agent))
-            .filter(api_tokens::revoked_at.is_null()),
+            .filter(api_tokens::revoked_at.is_null().or(api_tokens::revoked_at.gt(diesel::dsl::now))),
     )
     .set(api_tokens::revoked_at.eq(diesel::dsl::now))
     .returning(api_tokens::id)
     .get_results(conn)
+    .await
+}
+
+/// Retires `machine`'s agent credentials other than `keep` at `at` (a renewed credential's
+/// predecessor keeps working a little, in case the agent never got the new one).
+pub async fn retire_agent_credentials(
+    conn: &mut AsyncPgConnection,
+    machine: MachineId,
+    keep: TokenId,
+    at: DateTime<Utc>,
+) -> QueryResult<Vec<TokenId>> {
+    diesel::update(
+        api_tokens::table
+            .filter(api_tokens::machine_id.eq(machine))
+            .filter(api_tokens::role.eq(Role::Agent))
+            .filter(api_tokens::id.ne(keep))
+            .filter(api_tokens::revoked_at.is_null().or(api_tokens::revoked_at.gt(at))),
+    )
+    .set(api_tokens::revoked_at.eq(at))
+    .returning(api_tokens::id)
+    .get_results(conn)
+    .await
+}
+
+/// Revokes the machine's unused enrollment tokens (a new one replaces them, or its agent is
+/// being cut off).
+pub async fn revoke_open_tokens(conn: &mut AsyncPgConnection, machine: MachineId) -> QueryResult<usize> {
+    diesel::update(
+        enrollment_tokens::table
+            .filter(enrollment_tokens::machine_id.eq(machine))
+            .filter(enrollment_tokens::used_at.is_null())
+            .filter(enrollment_tokens::revoked_at.is_null()),
+    )
+    .set(enrollment_tokens::revoked_at.eq(diesel::dsl::now))
+    .execute(conn)
     .await
 }

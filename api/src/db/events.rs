@@ -157,6 +157,7 @@ pub struct Delivery {
     pub last_status: Option<i32>,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub claimed_until: Option<DateTime<Utc>>,
 }
 
 pub async fn list_deliveries(
@@ -199,22 +200,30 @@ pub struct DueDelivery {
     pub data: Value,
 }
 
-/// Claims up to `limit` due deliveries for `lease`: another worker (or replica) skips them
-/// meanwhile, and if this one dies they fall due again when the lease runs out.
+/// Claims, for `lease`, the oldest due delivery of up to `limit` active subscriptions that
+/// have none in flight: each subscriber has at most one delivery in flight at a time, across
+/// workers and replicas, and gets its events in order unless a retry intervenes.
 pub async fn claim_due(conn: &mut AsyncPgConnection, limit: i64, lease: Duration) -> QueryResult<Vec<DueDelivery>> {
     diesel::sql_query(
-        "WITH due AS (
-             SELECT id FROM webhook_deliveries
-             WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= now()
-             ORDER BY next_attempt_at
+        "WITH candidates AS (
+             SELECT DISTINCT ON (d.subscription_id) d.id
+             FROM webhook_deliveries d
+             JOIN webhook_subscriptions s ON s.id = d.subscription_id AND s.active
+             WHERE d.delivered_at IS NULL AND d.abandoned_at IS NULL AND d.next_attempt_at <= now()
+               AND NOT EXISTS (
+                   SELECT 1 FROM webhook_deliveries busy
+                   WHERE busy.subscription_id = d.subscription_id AND busy.claimed_until > now())
+             ORDER BY d.subscription_id, d.id
              LIMIT $1
-             FOR UPDATE SKIP LOCKED
+         ), due AS (
+             SELECT id FROM webhook_deliveries WHERE id IN (SELECT id FROM candidates) FOR UPDATE SKIP LOCKED
          ), claimed AS (
-             UPDATE webhook_deliveries d SET next_attempt_at = now() + $2, attempts = d.attempts + 1
+             UPDATE webhook_deliveries d SET claimed_until = now() + $2, attempts = d.attempts + 1
              FROM due WHERE d.id = due.id
              RETURNING d.id, d.attempts, d.event_id, d.subscription_id
          )
-         SELECT c.id, c.attempts, c.subscription_id, s.url, s.secret, e.id AS event_id, e.type AS event_type, e.subject, e.time, e.data
+         SELECT c.id, c.attempts, c.subscription_id, s.url, s.secret, e.id AS event_id, e.type AS event_type,
+                e.subject, e.time, e.data
          FROM claimed c
          JOIN webhook_subscriptions s ON s.id = c.subscription_id
          JOIN events e ON e.id = c.event_id
@@ -226,10 +235,13 @@ pub async fn claim_due(conn: &mut AsyncPgConnection, limit: i64, lease: Duration
     .await
 }
 
-pub async fn mark_delivered(conn: &mut AsyncPgConnection, id: i64, status: i32) -> QueryResult<()> {
-    diesel::update(webhook_deliveries::table.find(id))
+/// Records a delivery made under the claim numbered `attempt`; a claim that has since lapsed
+/// and been taken over records nothing.
+pub async fn mark_delivered(conn: &mut AsyncPgConnection, id: i64, attempt: i32, status: i32) -> QueryResult<()> {
+    diesel::update(webhook_deliveries::table.find(id).filter(webhook_deliveries::attempts.eq(attempt)))
         .set((
             webhook_deliveries::delivered_at.eq(diesel::dsl::now),
+            webhook_deliveries::claimed_until.eq(None::<DateTime<Utc>>),
             webhook_deliveries::last_status.eq(status),
             webhook_deliveries::last_error.eq(None::<String>),
         ))
@@ -238,16 +250,22 @@ pub async fn mark_delivered(conn: &mut AsyncPgConnection, id: i64, status: i32) 
         .map(drop)
 }
 
-/// Records a failed attempt: retried at `retry_at`, or abandoned when that is `None`.
+/// Records a failed attempt (under claim `attempt`): retried at `retry_at`, or abandoned
+/// when that is `None`.
 pub async fn mark_failed(
     conn: &mut AsyncPgConnection,
     id: i64,
+    attempt: i32,
     status: Option<i32>,
     error: &str,
     retry_at: Option<DateTime<Utc>>,
 ) -> QueryResult<()> {
-    let target = webhook_deliveries::table.find(id);
-    let common = (webhook_deliveries::last_status.eq(status), webhook_deliveries::last_error.eq(error));
+    let target = webhook_deliveries::table.find(id).filter(webhook_deliveries::attempts.eq(attempt));
+    let common = (
+        webhook_deliveries::claimed_until.eq(None::<DateTime<Utc>>),
+        webhook_deliveries::last_status.eq(status),
+        webhook_deliveries::last_error.eq(error),
+    );
     match retry_at {
         Some(at) => {
             diesel::update(target).set((common, webhook_deliveries::next_attempt_at.eq(at))).execute(conn).await
@@ -260,6 +278,52 @@ pub async fn mark_failed(
         }
     }
     .map(drop)
+}
+
+/// Deletes the deliveries that finished (delivered or abandoned) before `before`.
+pub async fn prune_deliveries(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+    delete_in_batches(
+        conn,
+        "DELETE FROM webhook_deliveries WHERE id IN (
+             SELECT id FROM webhook_deliveries WHERE coalesce(delivered_at, abandoned_at) < $1 LIMIT $2)",
+        before,
+    )
+    .await
+}
+
+/// Deletes the events from before `before` that no delivery still waits on.
+pub async fn prune_events(conn: &mut AsyncPgConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+    delete_in_batches(
+        conn,
+        "DELETE FROM events WHERE id IN (
+             SELECT e.id FROM events e
+             WHERE e.time < $1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)
+             LIMIT $2)",
+        before,
+    )
+    .await
+}
+
+/// Runs `delete` (a statement taking a time `$1` and a batch size `$2`) until a batch comes
+/// up short: no one statement holds its locks for long.
+async fn delete_in_batches(
+    conn: &mut AsyncPgConnection,
+    delete: &'static str,
+    before: DateTime<Utc>,
+) -> QueryResult<usize> {
+    const BATCH: usize = 5_000;
+    let mut total = 0;
+    loop {
+        let deleted = diesel::sql_query(delete)
+            .bind::<diesel::sql_types::Timestamptz, _>(before)
+            .bind::<BigInt, _>(BATCH as i64)
+            .execute(conn)
+            .await?;
+        total += deleted;
+        if deleted < BATCH {
+            return Ok(total);
+        }
+    }
 }
 
 /// Types of events in `types` that are not known, for validating subscriptions.

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Bool, Float4, Int4, Int8, Text, Timestamptz};
+use diesel::sql_types::{Array, Bool, Float4, Int4, Int8, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -48,6 +48,7 @@ pub async fn lock(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<Op
 #[derive(Debug, Clone)]
 pub struct HeartbeatRow {
     pub machine_id: MachineId,
+    /// When the receiving replica got it (by its own clock; only its age is stored).
     pub at: DateTime<Utc>,
     pub agent_version: String,
     pub load1: f32,
@@ -57,23 +58,28 @@ pub struct HeartbeatRow {
     pub overloaded: bool,
 }
 
-/// Stores a batch of heartbeats (at most one per machine) in one statement. A heartbeat older
-/// than the one already stored (another replica's, written first) is ignored.
+/// Stores a batch of heartbeats (at most one per machine) in one statement. Each row says how
+/// long ago (milliseconds, by the receiving replica's clock) its heartbeat arrived; the time
+/// stored is the database's `now()` minus that, so replicas whose clocks differ still agree.
+/// A heartbeat older than the one already stored (another replica's, written first) is ignored.
 pub async fn record_heartbeats(conn: &mut AsyncPgConnection, rows: &[HeartbeatRow]) -> QueryResult<usize> {
     if rows.is_empty() {
         return Ok(0);
     }
+    let received = chrono::Utc::now();
     diesel::sql_query(
         "UPDATE machine_status AS s SET
              last_heartbeat_at = v.at, agent_version = v.agent_version, load1 = v.load1,
              disk_used_pct = v.disk_used_pct, clock_skew_ms = v.clock_skew_ms, uptime_secs = v.uptime_secs,
              overloaded_since = CASE WHEN v.overloaded THEN coalesce(s.overloaded_since, v.at) END
-         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::real[], $5::real[], $6::int[], $7::bigint[], $8::bool[])
-             AS v(id, at, agent_version, load1, disk_used_pct, clock_skew_ms, uptime_secs, overloaded)
+         FROM (SELECT id, now() - make_interval(secs => age_ms / 1000.0) AS at, agent_version, load1,
+                      disk_used_pct, clock_skew_ms, uptime_secs, overloaded
+               FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::real[], $5::real[], $6::int[], $7::bigint[], $8::bool[])
+                   AS u(id, age_ms, agent_version, load1, disk_used_pct, clock_skew_ms, uptime_secs, overloaded)) AS v
          WHERE s.machine_id = v.id AND (s.last_heartbeat_at IS NULL OR s.last_heartbeat_at < v.at)",
     )
     .bind::<Array<diesel::sql_types::Uuid>, _>(rows.iter().map(|r| r.machine_id.0).collect::<Vec<Uuid>>())
-    .bind::<Array<Timestamptz>, _>(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+    .bind::<Array<Int8>, _>(rows.iter().map(|r| (received - r.at).num_milliseconds().max(0)).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(rows.iter().map(|r| r.agent_version.as_str()).collect::<Vec<_>>())
     .bind::<Array<Float4>, _>(rows.iter().map(|r| r.load1).collect::<Vec<_>>())
     .bind::<Array<Float4>, _>(rows.iter().map(|r| r.disk_used_pct).collect::<Vec<_>>())
@@ -152,13 +158,14 @@ pub async fn record_ssh_check(
     .map(drop)
 }
 
-/// Asks for an SSH probe of the machine at the next round.
-pub async fn request_probe(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<()> {
-    diesel::update(machine_status::table.find(id))
+/// Asks for an SSH probe of the machine at the next round, unless one is already asked for.
+/// Returns whether this asked.
+pub async fn request_probe(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<bool> {
+    diesel::update(machine_status::table.find(id).filter(machine_status::probe_requested_at.is_null()))
         .set(machine_status::probe_requested_at.eq(diesel::dsl::now))
         .execute(conn)
         .await
-        .map(drop)
+        .map(|rows| rows == 1)
 }
 
 /// Forgets the pinned host key: the next contact pins whatever the machine presents.
@@ -199,10 +206,17 @@ pub struct Monitored {
     pub probe_requested_at: Option<DateTime<Utc>>,
 }
 
-/// Every machine whose health is derived, with its observations.
-pub async fn monitored(conn: &mut AsyncPgConnection, states: &[LifecycleState]) -> QueryResult<Vec<Monitored>> {
-    machines::table
-        .inner_join(machine_status::table)
+/// Every machine whose health is derived (or only `only`), with its observations.
+pub async fn monitored(
+    conn: &mut AsyncPgConnection,
+    states: &[LifecycleState],
+    only: Option<MachineId>,
+) -> QueryResult<Vec<Monitored>> {
+    let mut query = machines::table.inner_join(machine_status::table).into_boxed();
+    if let Some(id) = only {
+        query = query.filter(machines::id.eq(id));
+    }
+    query
         .filter(machines::lifecycle.eq_any(states))
         .select((
             machines::id,

@@ -18,6 +18,8 @@ pub mod sites;
 pub mod sql_types;
 pub mod users;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool;
@@ -36,9 +38,21 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 /// An arbitrary constant: the advisory lock every replica takes before migrating.
 const MIGRATION_LOCK: i64 = 0x666c_6565_7479_6d67; // "fleetymg"
 
+/// How long a caller waits for a free connection, and for a new one to be opened, before it
+/// gets an error (a 503 for a request) instead of hanging behind an exhausted pool or a
+/// database host that drops packets.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+const POOL_CONNECT: Duration = Duration::from_secs(5);
+
 pub fn pool(database_url: &str, size: usize) -> anyhow::Result<Pool> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
-    deadpool::Pool::builder(manager).max_size(size).build().context("building the database pool")
+    deadpool::Pool::builder(manager)
+        .max_size(size)
+        .runtime(::deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_CONNECT))
+        .build()
+        .context("building the database pool")
 }
 
 /// Applies pending migrations, one replica at a time, and returns the versions applied.

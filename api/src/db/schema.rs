@@ -190,6 +190,7 @@ diesel::table! {
         runs -> Int8,
         last_outcome -> Nullable<Text>,
         last_report -> Nullable<Jsonb>,
+        resumed_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -240,6 +241,7 @@ diesel::table! {
         last_status -> Nullable<Int4>,
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
+        claimed_until -> Nullable<Timestamptz>,
     }
 }
 

@@ -25,6 +25,33 @@ pub struct Facts {
     pub hostname: Option<String>,
 }
 
+impl Facts {
+    /// These facts with each text cut to a sensible length (on a character boundary, control
+    /// characters dropped) and the counts made sane. Machines report odd things (a RISC-V
+    /// `isa` line runs past 200 characters); an odd fact must not keep a machine from being
+    /// heard.
+    pub fn sanitized(self) -> Self {
+        Self {
+            arch: clip(self.arch, 32),
+            kernel: clip(self.kernel, 200),
+            os_release: clip(self.os_release, 200),
+            cpu_model: clip(self.cpu_model, 200),
+            cpu_count: self.cpu_count.clamp(1, 65_536),
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+            hostname: self.hostname.map(|h| clip(h, 253)),
+        }
+    }
+}
+
+/// `text` without control characters, at most `max` characters long.
+pub fn clip(text: String, max: usize) -> String {
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return text; // the usual case, on every heartbeat: no copy
+    }
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
 /// What changes from one heartbeat to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Metrics {
@@ -35,6 +62,20 @@ pub struct Metrics {
     /// Used share of the root file system, 0 to 100.
     pub disk_used_pct: f32,
     pub memory_available_mib: u64,
+}
+
+impl Metrics {
+    /// These metrics within their ranges (loads not negative, disk use 0 to 100 %).
+    pub fn sanitized(self) -> Self {
+        let load = |l: f32| if l.is_finite() { l.max(0.0) } else { 0.0 };
+        Self {
+            load1: load(self.load1),
+            load5: load(self.load5),
+            load15: load(self.load15),
+            disk_used_pct: if self.disk_used_pct.is_finite() { self.disk_used_pct.clamp(0.0, 100.0) } else { 0.0 },
+            ..self
+        }
+    }
 }
 
 /// One way the facts contradict the inventory.
@@ -201,6 +242,19 @@ mod tests {
         assert_eq!(metrics.load1, 1.5);
         assert_eq!(metrics.uptime_secs, 12345);
         assert!((metrics.disk_used_pct - 25.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn odd_facts_are_clipped_not_refused() {
+        let mut odd = facts("riscv64", 0, 1024);
+        odd.cpu_model = format!("rv64imafdcv_{}\u{7}", "zba_zbb_zbc_zbs_".repeat(20));
+        let clean = odd.sanitized();
+        assert_eq!(clean.cpu_model.chars().count(), 200);
+        assert!(!clean.cpu_model.contains('\u{7}'));
+        assert_eq!(clean.cpu_count, 1);
+        assert_eq!(clip("6.6.0\u{1b}[31m".into(), 64), "6.6.0[31m");
+        assert_eq!(clip("é".repeat(10), 4), "éééé", "cut at characters, not bytes");
+        assert_eq!(clip("0.1.0".into(), 64), "0.1.0");
     }
 
     #[test]

@@ -45,9 +45,20 @@ impl HealthPolicy {
     }
 }
 
+/// The longest an agent waits between attempts while it cannot reach Fleetyard (the agent's
+/// own constant is the same). After an outage, silence is not held against agents for this
+/// long on top of the silence window.
+pub const AGENT_MAX_BACKOFF_SECS: i64 = 60;
+
+/// How far below a threshold a degraded machine must come to be healthy again, so a value
+/// hovering at the threshold does not flip its health (and write an audit entry) every sweep.
+const DISK_RECOVERY_MARGIN_PCT: f32 = 3.0;
+
 /// Everything health is derived from, as stored.
 #[derive(Debug, Clone, Default)]
 pub struct Observations {
+    /// The health the machine has now (thresholds have some hysteresis).
+    pub current: Health,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     /// Root file system use, percent.
     pub disk_used_pct: Option<f32>,
@@ -109,14 +120,18 @@ pub fn derive(obs: &Observations, policy: &HealthPolicy, now: DateTime<Utc>) -> 
 }
 
 fn from_metrics(obs: &Observations, policy: &HealthPolicy, now: DateTime<Utc>) -> (Health, String) {
+    // A degraded machine recovers a little below the thresholds that degraded it.
+    let recovering = obs.current == Health::Degraded;
+    let disk_limit = if recovering { policy.disk_full_pct - DISK_RECOVERY_MARGIN_PCT } else { policy.disk_full_pct };
+    let skew_limit = policy.max_clock_skew.num_milliseconds() * if recovering { 2 } else { 3 } / 3;
     let mut problems = Vec::new();
     if let Some(disk) = obs.disk_used_pct
-        && disk >= policy.disk_full_pct
+        && disk >= disk_limit
     {
         problems.push(format!("root file system {disk:.0}% full"));
     }
     if let Some(skew) = obs.clock_skew_ms
-        && i64::from(skew).abs() > policy.max_clock_skew.num_milliseconds()
+        && i64::from(skew).abs() > skew_limit
     {
         problems.push(format!("clock off by {:.1} s", f64::from(skew) / 1000.0));
     }
@@ -215,6 +230,22 @@ mod tests {
         assert_eq!(health(derive(&obs, &policy, at(1))), Health::Healthy, "not for long enough yet");
         obs.overloaded_since = Some(at(-400));
         assert_eq!(health(derive(&obs, &policy, at(1))), Health::Degraded);
+    }
+
+    #[test]
+    fn a_value_hovering_at_a_threshold_does_not_flip_health() {
+        let policy = HealthPolicy::default();
+        let mut obs = agent(0);
+        obs.disk_used_pct = Some(95.5);
+        assert_eq!(health(derive(&obs, &policy, at(1))), Health::Degraded);
+        obs.current = Health::Degraded;
+        obs.disk_used_pct = Some(94.0);
+        assert_eq!(health(derive(&obs, &policy, at(1))), Health::Degraded, "not yet recovered");
+        obs.disk_used_pct = Some(91.5);
+        assert_eq!(health(derive(&obs, &policy, at(1))), Health::Healthy);
+        obs.current = Health::Healthy;
+        obs.disk_used_pct = Some(94.0);
+        assert_eq!(health(derive(&obs, &policy, at(1))), Health::Healthy, "not degraded below 95 %");
     }
 
     #[test]

@@ -59,6 +59,13 @@ text_enum! {
     }
 }
 
+impl Default for Health {
+    /// Nothing is known until an agent reports or an SSH check runs.
+    fn default() -> Self {
+        Health::Unknown
+    }
+}
+
 /// A hardware accelerator in a machine (GPU, NPU, FPGA...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

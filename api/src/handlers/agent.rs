@@ -15,11 +15,10 @@ use crate::auth::{AgentCaller, TokenKind};
 use crate::db::audit::{self, Actor, Change};
 use crate::db::machine_status::HeartbeatRow;
 use crate::db::{self, api_tokens::NewApiToken};
-use crate::domain::facts::{Facts, Metrics};
+use crate::domain::facts::{Facts, Metrics, clip};
 use crate::domain::health::is_monitored;
 use crate::domain::health::is_overloaded;
-use crate::domain::validation::check_text;
-use crate::domain::{ActorKind, FieldErrors, MachineId, Role, TokenId};
+use crate::domain::{ActorKind, MachineId, Role, TokenId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
 use crate::extract::parse_json_at;
@@ -83,10 +82,8 @@ pub struct Credential {
 /// Exchange a one-time enrollment token for a machine credential. Any earlier credential of
 /// the machine stops working.
 pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Result<web::Json<Credential>, ApiError> {
-    let request = body.into_inner();
-    if let Some(facts) = &request.facts {
-        validate_facts(facts)?;
-    }
+    let mut request = body.into_inner();
+    request.facts = request.facts.map(Facts::sanitized);
     let hash = Sha256::digest(request.token.trim().as_bytes()).to_vec();
     let lifetime = Duration::days(state.config.agent_credential_days);
     let mut conn = state.db().await?;
@@ -97,7 +94,7 @@ pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Re
             if token.used_at.is_some() || token.revoked_at.is_some() || token.expires_at <= Utc::now() {
                 return Err(refused());
             }
-            let machine = db::machines::find(conn, token.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+            let machine = db::machines::lock(conn, token.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
             if !is_monitored(machine.lifecycle) {
                 return Err(ApiError::conflict(
                     "machine-not-enrollable",
@@ -184,7 +181,7 @@ pub struct HeartbeatAck {
     responses(
         (status = 200, body = HeartbeatAck),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
-        (status = 503, description = "Too busy to store heartbeats; retry with backoff", body = ErrorBody),
+        (status = 503, description = "Too busy to store heartbeats; send the next one at the usual interval", body = ErrorBody),
     ),
 )]
 #[post("/agent/heartbeat")]
@@ -196,15 +193,14 @@ pub async fn heartbeat(
     body: Json<HeartbeatRequest>,
 ) -> Result<web::Json<HeartbeatAck>, ApiError> {
     let beat = body.into_inner();
-    validate_metrics(&beat.metrics)?;
+    let metrics = beat.metrics.sanitized();
     let now = Utc::now();
     let raw = beat.facts.get();
     let raw_hash = raw_hash(raw);
     let cpu_count = match state.heartbeats.known_facts(agent.machine_id, raw_hash) {
         Some(cpu_count) => cpu_count,
         None => {
-            let facts: Facts = parse_json_at(raw.as_bytes(), "facts")?;
-            validate_facts(&facts)?;
+            let facts = parse_json_at::<Facts>(raw.as_bytes(), "facts")?.sanitized();
             record_reported_facts(&state, agent, &facts, facts_hash(&facts)).await?;
             state.heartbeats.remember_facts(agent.machine_id, raw_hash, facts.cpu_count);
             facts.cpu_count
@@ -214,12 +210,12 @@ pub async fn heartbeat(
     let row = HeartbeatRow {
         machine_id: agent.machine_id,
         at: now,
-        overloaded: is_overloaded(&beat.metrics, cpu_count, &policy),
-        agent_version: beat.agent_version,
-        load1: beat.metrics.load1,
-        disk_used_pct: beat.metrics.disk_used_pct,
+        overloaded: is_overloaded(&metrics, cpu_count, &policy),
+        agent_version: clip(beat.agent_version, 64),
+        load1: metrics.load1,
+        disk_used_pct: metrics.disk_used_pct,
         clock_skew_ms: (beat.sent_at - now).num_milliseconds().clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
-        uptime_secs: i64::try_from(beat.metrics.uptime_secs).unwrap_or(i64::MAX),
+        uptime_secs: i64::try_from(metrics.uptime_secs).unwrap_or(i64::MAX),
     };
     state.heartbeats.enqueue(row).map_err(|busy| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "heartbeats-backlogged", format!("{busy}; retry shortly"))
@@ -257,56 +253,54 @@ async fn record_reported_facts(state: &AppState, agent: AgentCaller, facts: &Fac
 )]
 #[post("/agent/credential")]
 /// Swap the machine credential for a fresh one (agents do this when a tenth of its life is
-/// left). The old one stops working.
+/// left). The old one keeps working for ten minutes, in case the answer never arrives. At most
+/// once an hour.
 pub async fn renew_credential(
     state: web::Data<AppState>,
     agent: AgentCaller,
 ) -> Result<web::Json<Credential>, ApiError> {
     let lifetime = Duration::days(state.config.agent_credential_days);
     let mut conn = state.db().await?;
-    let (credential, revoked) = conn
+    let (credential, retired) = conn
         .transaction::<_, ApiError, _>(async |conn| {
-            let machine = db::machines::find(conn, agent.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
-            let revoked = db::enrollment::revoke_agent_credentials(conn, machine.id).await?;
+            // Locked: two renewals at once must not leave two live credentials.
+            let machine =
+                db::machines::lock(conn, agent.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+            if !is_monitored(machine.lifecycle) {
+                return Err(ApiError::conflict(
+                    "machine-not-enrollable",
+                    format!("the machine is `{}`", machine.lifecycle),
+                ));
+            }
+            let current =
+                db::api_tokens::find(conn, agent.token_id).await?.ok_or_else(|| ApiError::not_found("credential"))?;
+            if current.created_at > Utc::now() - Duration::hours(1) {
+                return Err(ApiError::conflict(
+                    "renewal-too-early",
+                    "this credential was issued less than an hour ago",
+                ));
+            }
             let credential = issue_credential(&state, conn, machine.id, lifetime).await?;
-            let actor = Actor { kind: ActorKind::Agent, id: Some(agent.token_id.0), name: format!("agent of machine {}", machine.id) };
+            let grace = Utc::now() + Duration::minutes(10);
+            let retired =
+                db::enrollment::retire_agent_credentials(conn, machine.id, credential.token_id, grace).await?;
+            let actor = Actor {
+                kind: ActorKind::Agent,
+                id: Some(agent.token_id.0),
+                name: format!("agent of machine {}", machine.id),
+            };
             let entry = Change::new("machine.agent_credential_renewed", "machine", machine.id)
                 .donor(Some(machine.donor_id))
-                .after(&serde_json::json!({ "credential_id": credential.token_id, "expires_at": credential.body.credential_expires_at }));
+                .after(&serde_json::json!({
+                    "credential_id": credential.token_id,
+                    "expires_at": credential.body.credential_expires_at,
+                    "previous_works_until": grace,
+                }));
             audit::record(conn, &actor, &[entry]).await?;
-            Ok((credential.body, revoked))
+            Ok((credential.body, retired))
         })
         .await?;
-    state.agents.evict(&revoked);
+    // Re-read at the next use, with its new end.
+    state.agents.evict(&retired);
     Ok(web::Json(credential))
-}
-
-fn validate_facts(facts: &Facts) -> Result<(), FieldErrors> {
-    let mut errors = FieldErrors::new();
-    check_text(&mut errors, "facts.arch", &facts.arch, 32);
-    check_text(&mut errors, "facts.kernel", &facts.kernel, 200);
-    check_text(&mut errors, "facts.os_release", &facts.os_release, 200);
-    check_text(&mut errors, "facts.cpu_model", &facts.cpu_model, 200);
-    if facts.cpu_count == 0 || facts.cpu_count > 65_536 {
-        errors.add("facts.cpu_count", "must be between 1 and 65536");
-    }
-    if let Some(hostname) = &facts.hostname {
-        check_text(&mut errors, "facts.hostname", hostname, 253);
-    }
-    errors.into_result()
-}
-
-fn validate_metrics(metrics: &Metrics) -> Result<(), FieldErrors> {
-    let mut errors = FieldErrors::new();
-    for (field, value) in
-        [("metrics.load1", metrics.load1), ("metrics.load5", metrics.load5), ("metrics.load15", metrics.load15)]
-    {
-        if !value.is_finite() || value < 0.0 {
-            errors.add(field, "must be a non-negative number");
-        }
-    }
-    if !(0.0..=100.0).contains(&metrics.disk_used_pct) {
-        errors.add("metrics.disk_used_pct", "must be between 0 and 100");
-    }
-    errors.into_result()
 }

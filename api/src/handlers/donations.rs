@@ -477,7 +477,8 @@ pub async fn act_on_donation(
     let requester = caller.requester();
     let reviewer = caller.user_id();
     let mut conn = state.db().await?;
-    let detail = conn
+    let token_lifetime = chrono::Duration::hours(state.config.enrollment_token_hours);
+    let (detail, cut_off) = conn
         .transaction::<_, ApiError, _>(async move |conn| {
             let donation = db::donations::lock(conn, id.into_inner())
                 .await?
@@ -508,13 +509,13 @@ pub async fn act_on_donation(
                 location: None,
             };
             let moved = db::machines::set_lifecycle(conn, &ids, &change).await?;
-            record_lifecycle_changes(conn, &actor, &moving, &moved, note).await?;
+            let cut_off = record_lifecycle_changes(conn, &actor, &moving, &moved, note).await?;
 
             let before = DonationView::from(donation);
             let machines = db::machines::of_donation(conn, updated.id).await?;
             let mut detail = donation_detail(updated, machines, &caller);
             if request.action == DonationAction::Approve {
-                let expires_at = Utc::now() + chrono::Duration::hours(state.config.enrollment_token_hours);
+                let expires_at = Utc::now() + token_lifetime;
                 for machine in moved.iter() {
                     detail.enrollment_tokens.push(issue_enrollment(conn, machine, reviewer, expires_at).await?);
                 }
@@ -541,9 +542,10 @@ pub async fn act_on_donation(
                 .before(&before)
                 .after(&detail.donation);
             audit::record(conn, &actor, &[entry]).await?;
-            Ok(detail)
+            Ok((detail, cut_off))
         })
         .await?;
+    state.agents.evict(&cut_off);
     Ok(web::Json(detail))
 }
 

@@ -20,14 +20,14 @@ use crate::domain::lifecycle::{self, Context};
 use crate::domain::validation::check_text;
 use crate::domain::{
     Arch, DonationId, DonationModel, DonationStatus, DonorId, FieldErrors, Health, Labels, LifecycleState, MachineId,
-    SiteId,
+    SiteId, TokenId,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::handlers::agent::{IssuedEnrollmentToken, new_enrollment_secret};
-use crate::monitoring;
 use crate::state::AppState;
 pub use crate::views::{Location, MachineView, SshEndpoint};
+use crate::{monitoring, probe};
 
 /// A machine with its donation's terms and what the caller may do with it next.
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,6 +66,8 @@ pub struct SshCheckView {
     pub last_check_at: Option<DateTime<Utc>>,
     pub last_ok_at: Option<DateTime<Utc>>,
     pub consecutive_failures: i32,
+    /// Why the last check failed. Donors read why a connection could not be opened only as
+    /// "unreachable"; the detail is for ops.
     pub last_error: Option<String>,
     /// The pinned host key's fingerprint.
     pub host_key_fingerprint: Option<String>,
@@ -73,8 +75,12 @@ pub struct SshCheckView {
     pub probe_requested: bool,
 }
 
-impl From<MachineStatus> for MonitoringView {
-    fn from(s: MachineStatus) -> Self {
+impl MonitoringView {
+    fn new(s: MachineStatus, caller: &Principal) -> Self {
+        let last_error = match caller {
+            Principal::Admin { .. } => s.ssh_error,
+            _ => s.ssh_error.as_deref().map(|e| probe::error_for_donors(e).to_owned()),
+        };
         Self {
             last_heartbeat_at: s.last_heartbeat_at,
             agent_version: s.agent_version,
@@ -90,7 +96,7 @@ impl From<MachineStatus> for MonitoringView {
                 last_check_at: s.last_ssh_check_at,
                 last_ok_at: s.last_ssh_ok_at,
                 consecutive_failures: s.ssh_failures,
-                last_error: s.ssh_error,
+                last_error,
                 host_key_fingerprint: s.ssh_host_key_fingerprint,
                 probe_requested: s.probe_requested_at.is_some(),
             },
@@ -203,7 +209,7 @@ pub async fn get_machine(
     let donation = find_donation(&mut conn, machine.donation_id).await?;
     let status = db::machine_status::find(&mut conn, machine.id).await?;
     let mut detail = detail(machine, &donation, &caller);
-    detail.monitoring = status.map(MonitoringView::from);
+    detail.monitoring = status.map(|s| MonitoringView::new(s, &caller));
     Ok(web::Json(detail))
 }
 
@@ -397,46 +403,57 @@ async fn move_machine(
     let actor = caller.actor();
     let requester = caller.requester();
     let mut conn = state.db().await?;
-    conn.transaction::<_, ApiError, _>(async move |conn| {
-        let machine = lock_visible(conn, id, scope).await?;
-        if let Some(expected) = only_from.filter(|expected| *expected != machine.lifecycle) {
-            return Err(ApiError::conflict(
-                "invalid-transition",
-                format!("the machine is `{}`, not `{expected}`", machine.lifecycle),
-            ));
-        }
-        let donation = find_donation(conn, machine.donation_id).await?;
-        let ctx = Context { model: donation.model, donation_status: donation.status, requester };
-        lifecycle::check(machine.lifecycle, request.to, &ctx)?;
-        let change = LifecycleChange {
-            to: request.to,
-            deadline: lifecycle::deadline(request.to).map(|d| Utc::now() + d),
-            maintenance_reason: (request.to == LifecycleState::Maintenance)
-                .then_some(request.note.as_deref())
-                .flatten(),
-            location: request.location.as_ref().map(|l| (l.rack.as_str(), l.slot.as_str())),
-        };
-        let updated = db::machines::set_lifecycle(conn, &[machine.id], &change)
-            .await?
-            .pop()
-            .ok_or_else(|| ApiError::not_found("machine"))?;
-        record_lifecycle_changes(conn, &actor, &[machine], std::slice::from_ref(&updated), request.note.as_deref())
+    let (detail, cut_off) = conn
+        .transaction::<_, ApiError, _>(async move |conn| {
+            let machine = lock_visible(conn, id, scope).await?;
+            if let Some(expected) = only_from.filter(|expected| *expected != machine.lifecycle) {
+                return Err(ApiError::conflict(
+                    "invalid-transition",
+                    format!("the machine is `{}`, not `{expected}`", machine.lifecycle),
+                ));
+            }
+            let donation = find_donation(conn, machine.donation_id).await?;
+            let ctx = Context { model: donation.model, donation_status: donation.status, requester };
+            lifecycle::check(machine.lifecycle, request.to, &ctx)?;
+            let change = LifecycleChange {
+                to: request.to,
+                deadline: lifecycle::deadline(request.to).map(|d| Utc::now() + d),
+                maintenance_reason: (request.to == LifecycleState::Maintenance)
+                    .then_some(request.note.as_deref())
+                    .flatten(),
+                location: request.location.as_ref().map(|l| (l.rack.as_str(), l.slot.as_str())),
+            };
+            let updated = db::machines::set_lifecycle(conn, &[machine.id], &change)
+                .await?
+                .pop()
+                .ok_or_else(|| ApiError::not_found("machine"))?;
+            let cut_off = record_lifecycle_changes(
+                conn,
+                &actor,
+                &[machine],
+                std::slice::from_ref(&updated),
+                request.note.as_deref(),
+            )
             .await?;
-        Ok(detail(updated, &donation, caller))
-    })
-    .await
+            Ok((detail(updated, &donation, caller), cut_off))
+        })
+        .await?;
+    state.agents.evict(&cut_off);
+    Ok(detail)
 }
 
 /// Everything that follows machines changing lifecycle, `before[i]` becoming `after[i]`: the
-/// audit entries, a `machine.ready` event for each that entered the pool, and an SSH probe
-/// request for each that started onboarding (so its facts are checked against its declaration).
+/// audit entries, a `machine.ready` event for each that entered the pool, an SSH probe request
+/// for each that started onboarding (so its facts are checked against its declaration), and
+/// for each that left for good, its agent cut off. Returns the agent credentials revoked, for
+/// the caller to forget once the transaction has committed.
 pub(crate) async fn record_lifecycle_changes(
     conn: &mut AsyncPgConnection,
     actor: &Actor,
     before: &[Machine],
     after: &[Machine],
     note: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<Vec<TokenId>, ApiError> {
     let changes: Vec<Change> = before
         .iter()
         .zip(after)
@@ -458,7 +475,66 @@ pub(crate) async fn record_lifecycle_changes(
     for machine in after.iter().filter(|m| m.lifecycle == LifecycleState::Onboarding && m.ssh_host.is_some()) {
         db::machine_status::request_probe(conn, machine.id).await?;
     }
-    Ok(())
+    let mut revoked = Vec::new();
+    for machine in after.iter().filter(|m| lifecycle::is_terminal(m.lifecycle)) {
+        revoked.extend(cut_off_agent(conn, machine.id).await?.credentials);
+    }
+    Ok(revoked)
+}
+
+/// What cutting off a machine's agent revoked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentCutOff {
+    /// Machine credentials revoked (the running agent's, and any still in their renewal grace).
+    #[serde(skip)]
+    pub credentials: Vec<TokenId>,
+    pub credentials_revoked: usize,
+    /// Unused enrollment tokens revoked.
+    pub enrollment_tokens_revoked: usize,
+}
+
+/// Revokes, now, the machine's agent credentials and unused enrollment tokens.
+async fn cut_off_agent(conn: &mut AsyncPgConnection, machine: MachineId) -> Result<AgentCutOff, ApiError> {
+    let credentials = db::enrollment::revoke_agent_credentials(conn, machine).await?;
+    let enrollment_tokens_revoked = db::enrollment::revoke_open_tokens(conn, machine).await?;
+    Ok(AgentCutOff { credentials_revoked: credentials.len(), credentials, enrollment_tokens_revoked })
+}
+
+#[utoipa::path(
+    tag = "machines",
+    params(("id" = MachineId, Path, description = "Machine id")),
+    responses(
+        (status = 200, body = AgentCutOff),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+)]
+#[delete("/machines/{id}/agent")]
+/// Cut off the machine's agent: its credentials and unused enrollment tokens stop working now
+/// (a stolen disk, a reinstall, a credential that leaked). A new enrollment token enrolls an
+/// agent again. Ops, or the machine's donor.
+pub async fn cut_off_machine_agent(
+    state: web::Data<AppState>,
+    caller: Principal,
+    id: web::Path<MachineId>,
+) -> Result<web::Json<AgentCutOff>, ApiError> {
+    let scope = caller.admin_or_donor()?;
+    let actor = caller.actor();
+    let mut conn = state.db().await?;
+    let cut_off = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let machine = lock_visible(conn, id.into_inner(), scope).await?;
+            let cut_off = cut_off_agent(conn, machine.id).await?;
+            if cut_off.credentials_revoked + cut_off.enrollment_tokens_revoked > 0 {
+                let entry = Change::new("machine.agent_cut_off", "machine", machine.id)
+                    .donor(Some(machine.donor_id))
+                    .after(&cut_off);
+                audit::record(conn, &actor, &[entry]).await?;
+            }
+            Ok(cut_off)
+        })
+        .await?;
+    state.agents.evict(&cut_off.credentials);
+    Ok(web::Json(cut_off))
 }
 
 /// Locks a machine the caller may see, or answers 404.
@@ -558,22 +634,28 @@ pub(crate) async fn issue_enrollment(
 )]
 #[post("/machines/{id}/ssh-probe")]
 /// Ask for an SSH probe of the machine at the next round: its facts are collected and
-/// compared with its declaration. Ops, or the machine's donor.
+/// compared with its declaration. Asking again before that round changes nothing: a machine
+/// is probed at most once a round. Ops, or the machine's donor.
 pub async fn request_ssh_probe(
     state: web::Data<AppState>,
     caller: Principal,
     id: web::Path<MachineId>,
 ) -> Result<HttpResponse, ApiError> {
     let scope = caller.admin_or_donor()?;
+    let actor = caller.actor();
     let mut conn = state.db().await?;
-    let machine = db::machines::find(&mut conn, id.into_inner())
-        .await?
-        .filter(|m| scope.covers(m.donor_id))
-        .ok_or_else(|| ApiError::not_found("machine"))?;
-    if machine.ssh_host.is_none() {
-        return Err(ApiError::conflict("no-ssh-endpoint", "the machine has no SSH endpoint to probe"));
-    }
-    db::machine_status::request_probe(&mut conn, machine.id).await?;
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let machine = lock_visible(conn, id.into_inner(), scope).await?;
+        if machine.ssh_host.is_none() {
+            return Err(ApiError::conflict("no-ssh-endpoint", "the machine has no SSH endpoint to probe"));
+        }
+        if db::machine_status::request_probe(conn, machine.id).await? {
+            let entry = Change::new("machine.ssh_probe_requested", "machine", machine.id).donor(Some(machine.donor_id));
+            audit::record(conn, &actor, &[entry]).await?;
+        }
+        Ok(())
+    })
+    .await?;
     Ok(HttpResponse::Accepted().finish())
 }
 

@@ -155,7 +155,8 @@ pub struct JobRunResult {
     ),
 )]
 #[post("/jobs/{name}/run")]
-/// Run a job now, on this replica, unless another replica has this period's run. Ops only.
+/// Run a job now, on this replica, unless another replica has this period's run, and answer
+/// with its report (an SSH round can take a minute). Ops only.
 pub async fn run_job(
     state: web::Data<AppState>,
     caller: Principal,
@@ -163,7 +164,10 @@ pub async fn run_job(
 ) -> Result<web::Json<JobRunResult>, ApiError> {
     caller.require_admin()?;
     let kind = JobKind::from_name(&name).ok_or_else(|| ApiError::not_found("job"))?;
-    let outcome = jobs::run(&state, kind, &jobs::replica_name()).await.map_err(ApiError::internal)?;
+    // The run goes on by itself: a caller giving up must not leave a claimed run half done.
+    let state = state.into_inner();
+    let run = tokio::spawn(async move { jobs::run(&state, kind, &jobs::replica_name()).await });
+    let outcome = run.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
     Ok(web::Json(match outcome {
         RunOutcome::Ran(report) => JobRunResult { outcome: "ran", report: Some(report) },
         RunOutcome::Skipped => JobRunResult { outcome: "skipped", report: None },

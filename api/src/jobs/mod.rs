@@ -8,6 +8,7 @@
 
 pub mod enrollment_expiry;
 pub mod liveness;
+pub mod outbox_retention;
 pub mod reminders;
 pub mod ssh_checks;
 pub mod webhooks;
@@ -36,15 +37,18 @@ pub enum JobKind {
     EnrollmentExpiry,
     /// Delivers queued webhook events, retrying with backoff.
     WebhookDelivery,
+    /// Prunes finished webhook deliveries and old events.
+    OutboxRetention,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::LivenessSweep,
         JobKind::SshChecks,
         JobKind::Reminders,
         JobKind::EnrollmentExpiry,
         JobKind::WebhookDelivery,
+        JobKind::OutboxRetention,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +58,7 @@ impl JobKind {
             JobKind::Reminders => "reminders",
             JobKind::EnrollmentExpiry => "enrollment-expiry",
             JobKind::WebhookDelivery => "webhook-delivery",
+            JobKind::OutboxRetention => "outbox-retention",
         }
     }
 
@@ -68,6 +73,7 @@ impl JobKind {
             JobKind::Reminders => &jobs.reminders,
             JobKind::EnrollmentExpiry => &jobs.enrollment_expiry,
             JobKind::WebhookDelivery => &jobs.webhook_delivery,
+            JobKind::OutboxRetention => &jobs.outbox_retention,
         }
     }
 
@@ -75,11 +81,12 @@ impl JobKind {
         self != JobKind::WebhookDelivery
     }
 
-    /// The longest a run may take before another replica may start one.
+    /// The longest a run may take before another replica may start one. An SSH round's
+    /// work per site is bounded (see `ssh_checks`) so that it ends well within its lease.
     fn lease(self) -> Duration {
         match self {
-            JobKind::SshChecks | JobKind::Reminders => Duration::minutes(5),
-            _ => Duration::minutes(1),
+            JobKind::SshChecks | JobKind::Reminders | JobKind::OutboxRetention => Duration::minutes(10),
+            _ => Duration::minutes(2),
         }
     }
 
@@ -90,6 +97,7 @@ impl JobKind {
             JobKind::Reminders => serde_json::to_value(reminders::send(state, Utc::now().date_naive()).await?)?,
             JobKind::EnrollmentExpiry => serde_json::to_value(enrollment_expiry::clear(state).await?)?,
             JobKind::WebhookDelivery => serde_json::to_value(webhooks::deliver_due(state).await?)?,
+            JobKind::OutboxRetention => serde_json::to_value(outbox_retention::prune(state).await?)?,
         })
     }
 }
@@ -106,10 +114,16 @@ pub enum RunOutcome {
 /// Runs `kind` now on behalf of `replica`, unless (for an exclusive job) another replica has
 /// it for this period.
 pub async fn run(state: &AppState, kind: JobKind, replica: &str) -> anyhow::Result<RunOutcome> {
+    let mut claimed = None;
     if kind.exclusive() {
-        let min_gap = min_gap(&kind.setting(&state.config.jobs).schedule)?;
+        let period = period(&kind.setting(&state.config.jobs).schedule)?;
         let mut conn = state.pool.get().await.context("claiming a job run")?;
-        if !db::job_runs::claim(&mut conn, kind.name(), replica, min_gap, kind.lease()).await? {
+        // Three quarters of a period between runs: replicas firing the same schedule with
+        // clocks a little apart run it once, and no period is skipped. No finished run for
+        // three periods means the job (and so the servers, or the database) was away.
+        claimed =
+            db::job_runs::claim(&mut conn, kind.name(), replica, period * 3 / 4, kind.lease(), period * 3).await?;
+        if claimed.is_none() {
             return Ok(RunOutcome::Skipped);
         }
     }
@@ -119,22 +133,20 @@ pub async fn run(state: &AppState, kind: JobKind, replica: &str) -> anyhow::Resu
         Err(e) => ("failed", Value::String(format!("{e:#}"))),
     };
     let mut conn = state.pool.get().await.context("recording a job run")?;
-    if kind.exclusive() {
-        db::job_runs::finish(&mut conn, kind.name(), outcome, &report).await?;
-    } else {
-        db::job_runs::record(&mut conn, kind.name(), replica, outcome, &report).await?;
+    match claimed {
+        Some(started_at) => db::job_runs::finish(&mut conn, kind.name(), started_at, outcome, &report).await?,
+        None => db::job_runs::record(&mut conn, kind.name(), replica, outcome, &report).await?,
     }
     result.map(RunOutcome::Ran)
 }
 
-/// Three quarters of the time between two scheduled runs: long enough that replicas firing
-/// the same schedule (clocks a little apart) run it once, short enough never to skip a period.
-fn min_gap(schedule: &str) -> anyhow::Result<Duration> {
+/// The time between two scheduled runs.
+fn period(schedule: &str) -> anyhow::Result<Duration> {
     let cron = parse(schedule)?;
     let now = Utc::now();
     let next = cron.find_next_occurrence(&now, false)?;
     let after = cron.find_next_occurrence(&next, false)?;
-    Ok((after - next) * 3 / 4)
+    Ok(after - next)
 }
 
 fn parse(schedule: &str) -> anyhow::Result<croner::Cron> {
@@ -189,10 +201,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replicas_leave_three_quarters_of_a_period_between_runs() {
-        assert_eq!(min_gap("*/4 * * * * *").unwrap(), Duration::seconds(3));
-        assert_eq!(min_gap("0 0 8 * * *").unwrap(), Duration::hours(18));
-        assert!(min_gap("every now and then").is_err());
+    fn periods_come_from_the_schedule() {
+        assert_eq!(period("*/4 * * * * *").unwrap(), Duration::seconds(4));
+        assert_eq!(period("0 0 8 * * *").unwrap(), Duration::hours(24));
+        assert!(period("every now and then").is_err());
     }
 
     #[test]

@@ -1,15 +1,16 @@
-//! SSH check rounds: machines without a reporting agent, and those awaiting an onboarding
-//! probe, are checked over SSH. Checks run concurrently within two limits: one for all
-//! checks, one per site, so an unreachable site only ever holds up its own machines; every
-//! check has time limits on connecting and on its command.
+//! SSH check rounds: machines without a reporting agent, machines awaiting an onboarding
+//! probe, and machines whose silent agent the liveness sweep wants confirmed are checked over
+//! SSH. Checks share the process-wide limits in `AppState::ssh_limits` (one for all checks,
+//! one per site, never two of one machine), so an unreachable site only ever holds up its own
+//! machines; every check has time limits on connecting and on its command. A round takes at
+//! most a few rounds' worth of machines per site, so it ends well within its lease; the rest
+//! come next round.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use diesel_async::AsyncConnection;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::liveness;
@@ -22,6 +23,10 @@ use crate::monitoring::{self, FactsSource};
 use crate::probe::{ProbeError, SshProber, SshTarget};
 use crate::state::AppState;
 
+/// A round checks at most this many machines per site for each check the site may run at
+/// once: with the default time limits, well under the round's lease.
+const ROUNDS_OF_CHECKS_PER_SITE: usize = 8;
+
 #[derive(Debug, Default, Serialize)]
 pub struct SshRoundReport {
     pub checked: usize,
@@ -29,6 +34,8 @@ pub struct SshRoundReport {
     pub failed: usize,
     pub quarantined: usize,
     pub health_changed: usize,
+    /// Due, but left for the next round (the per-site share was full, or already being checked).
+    pub deferred: usize,
 }
 
 /// What one check concluded.
@@ -39,17 +46,17 @@ pub enum CheckResult {
     HostKeyChanged,
 }
 
-/// One round: checks every machine that is due, then updates their health.
+/// One round: checks the machines that are due, then updates their health.
 pub async fn round(state: &AppState) -> anyhow::Result<SshRoundReport> {
     let policy = state.config.health_policy();
     let interval = Duration::seconds(state.config.ssh_check_interval_secs as i64);
     let now = Utc::now();
     let machines = {
         let mut conn = state.pool.get().await?;
-        machine_status::monitored(&mut conn, MONITORED).await?
+        machine_status::monitored(&mut conn, MONITORED, None).await?
     };
     let agent_reporting = |m: &Monitored| m.last_heartbeat_at.is_some_and(|at| now - at < policy.silence());
-    let due: Vec<Monitored> = machines
+    let mut due: Vec<Monitored> = machines
         .into_iter()
         .filter(|m| m.ssh_host.is_some() && !m.quarantined)
         .filter(|m| {
@@ -57,60 +64,66 @@ pub async fn round(state: &AppState) -> anyhow::Result<SshRoundReport> {
                 || (!agent_reporting(m) && m.last_ssh_check_at.is_none_or(|at| now - at >= interval))
         })
         .collect();
+    // Requested probes first, then the longest unchecked.
+    due.sort_by_key(|m| (m.probe_requested_at.is_none(), m.last_ssh_check_at));
+    let share = state.config.ssh_site_concurrency * ROUNDS_OF_CHECKS_PER_SITE;
+    let mut taken: HashMap<_, usize> = HashMap::new();
     let mut report = SshRoundReport::default();
+    let due: Vec<Monitored> = due
+        .into_iter()
+        .filter(|m| {
+            let count = taken.entry(m.site_id).or_default();
+            *count += 1;
+            let fits = *count <= share;
+            report.deferred += usize::from(!fits);
+            fits
+        })
+        .collect();
     if due.is_empty() {
         return Ok(report);
     }
     let key = state.ssh_key().await?;
-    for (mut machine, result) in check_many(state, &key.prober, due).await {
+    for (machine, result) in check_many(state, &key.prober, due).await {
         report.checked += 1;
-        let checked_at = Utc::now();
-        machine.last_ssh_check_at = Some(checked_at);
         match result {
-            CheckResult::Reachable => {
-                report.reachable += 1;
-                machine.last_ssh_ok_at = Some(checked_at);
-                machine.ssh_failures = 0;
+            None => {
+                report.checked -= 1;
+                report.deferred += 1;
+                continue;
             }
-            CheckResult::Failed(_) => {
-                report.failed += 1;
-                machine.ssh_failures += 1;
-            }
-            CheckResult::HostKeyChanged => {
-                report.quarantined += 1;
-                machine.ssh_failures += 1;
-            }
+            Some(CheckResult::Reachable) => report.reachable += 1,
+            Some(CheckResult::Failed(_)) => report.failed += 1,
+            Some(CheckResult::HostKeyChanged) => report.quarantined += 1,
         }
-        if liveness::settle(state, &machine, checked_at, "ssh-checks").await? {
+        if liveness::settle(state, machine.id, "ssh-checks").await? {
             report.health_changed += 1;
         }
     }
     Ok(report)
 }
 
-/// Checks `machines` concurrently within the global and per-site limits.
+/// Checks `machines` concurrently within the process-wide limits. A machine already being
+/// checked (by another round or job in this process) is skipped: `None`.
 pub async fn check_many(
     state: &AppState,
     prober: &SshProber,
     machines: Vec<Monitored>,
-) -> Vec<(Monitored, CheckResult)> {
-    let all = Arc::new(Semaphore::new(state.config.ssh_concurrency));
-    let mut per_site: HashMap<_, Arc<Semaphore>> = HashMap::new();
+) -> Vec<(Monitored, Option<CheckResult>)> {
     let mut running = JoinSet::new();
+    let mut results = Vec::new();
     for machine in machines {
-        let site = per_site
-            .entry(machine.site_id)
-            .or_insert_with(|| Arc::new(Semaphore::new(state.config.ssh_site_concurrency)));
-        let (site, all, state, prober) = (site.clone(), all.clone(), state.clone(), prober.clone());
+        let Some(in_flight) = state.ssh_limits.begin(machine.id) else {
+            results.push((machine, None));
+            continue;
+        };
+        let (state, prober) = (state.clone(), prober.clone());
         running.spawn(async move {
-            // The site's permit first: a machine waiting on its busy site holds no global one.
-            let _site = site.acquire_owned().await;
-            let _all = all.acquire_owned().await;
+            let _in_flight = in_flight;
+            let _permits = state.ssh_limits.permit(machine.site_id).await;
             let result = check_one(&state, &prober, &machine).await;
-            (machine, result)
+            (machine, Some(result))
         });
     }
-    let mut results = Vec::new();
     while let Some(joined) = running.join_next().await {
         match joined {
             Ok(result) => results.push(result),

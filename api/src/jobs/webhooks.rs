@@ -1,9 +1,10 @@
 //! Webhook delivery: queued events go out as CloudEvents 1.0 (structured JSON mode), signed
 //! as the Standard Webhooks specification describes (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`), so receivers can use
-//! any Standard Webhooks library to verify them. Each subscriber gets its events in order
-//! (a retried delivery can still arrive after later ones). Failures are retried with
-//! exponential backoff and jitter; nothing is lost across a restart because the queue is a table.
+//! any Standard Webhooks library to verify them. Each subscriber has at most one delivery in
+//! flight at a time (across workers and replicas) and gets its events in order, though a
+//! retried delivery can arrive after later ones. Failures are retried with exponential backoff
+//! and jitter; nothing is lost across a restart because the queue is a table.
 
 use std::sync::OnceLock;
 use std::time::Duration as StdDuration;
@@ -45,10 +46,13 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
-/// Sends every delivery that is due now.
+/// Sends every delivery that is due now: one at a time per subscriber, subscribers side by
+/// side, each result recorded as soon as its send ends.
 pub async fn deliver_due(state: &AppState) -> anyhow::Result<DeliveryReport> {
     let timeout = StdDuration::from_secs(state.config.webhook_timeout_secs);
+    // Long enough for one send and its recording, whatever the subscriber does.
     let lease = Duration::seconds(state.config.webhook_timeout_secs as i64 * 2 + 5);
+    let max_attempts = state.config.webhook_max_attempts;
     let mut report = DeliveryReport::default();
     while report.delivered + report.failed + report.abandoned < MAX_PER_RUN {
         let due = {
@@ -58,43 +62,49 @@ pub async fn deliver_due(state: &AppState) -> anyhow::Result<DeliveryReport> {
         if due.is_empty() {
             break;
         }
-        // In order for each subscriber (the batch comes oldest event first), subscribers side by side.
-        let mut per_subscriber: Vec<Vec<&DueDelivery>> = Vec::new();
-        for delivery in &due {
-            match per_subscriber.iter_mut().find(|queue| queue[0].subscription_id == delivery.subscription_id) {
-                Some(queue) => queue.push(delivery),
-                None => per_subscriber.push(vec![delivery]),
-            }
-        }
-        let outcomes = join_all(per_subscriber.into_iter().map(|queue| async move {
-            let mut outcomes = Vec::with_capacity(queue.len());
-            for delivery in queue {
-                outcomes.push((delivery, send(delivery, timeout).await));
-            }
-            outcomes
-        }))
-        .await;
-        let mut conn = state.pool.get().await?;
-        for (delivery, outcome) in outcomes.into_iter().flatten() {
-            match outcome {
+        let outcomes = join_all(due.iter().map(|delivery| async move {
+            let outcome = send(delivery, timeout).await;
+            let mut conn = state.pool.get().await?;
+            let counted = match outcome {
                 Ok(status) => {
-                    events::mark_delivered(&mut conn, delivery.id, status).await?;
-                    report.delivered += 1;
+                    events::mark_delivered(&mut conn, delivery.id, delivery.attempts, status).await?;
+                    Counted::Delivered
                 }
-                Err((status, error)) if delivery.attempts >= state.config.webhook_max_attempts => {
-                    events::mark_failed(&mut conn, delivery.id, status, &error, None).await?;
-                    tracing::warn!(delivery = delivery.id, url = %delivery.url, "abandoned after {} attempts: {error}", delivery.attempts);
-                    report.abandoned += 1;
+                Err((status, error)) if delivery.attempts >= max_attempts => {
+                    events::mark_failed(&mut conn, delivery.id, delivery.attempts, status, &error, None).await?;
+                    tracing::warn!(
+                        delivery = delivery.id,
+                        subscription = %delivery.subscription_id,
+                        "abandoned after {} attempts: {error}",
+                        delivery.attempts
+                    );
+                    Counted::Abandoned
                 }
                 Err((status, error)) => {
                     let retry_at = Utc::now() + backoff(delivery.attempts);
-                    events::mark_failed(&mut conn, delivery.id, status, &error, Some(retry_at)).await?;
-                    report.failed += 1;
+                    events::mark_failed(&mut conn, delivery.id, delivery.attempts, status, &error, Some(retry_at))
+                        .await?;
+                    Counted::Failed
                 }
+            };
+            anyhow::Ok(counted)
+        }))
+        .await;
+        for outcome in outcomes {
+            match outcome? {
+                Counted::Delivered => report.delivered += 1,
+                Counted::Failed => report.failed += 1,
+                Counted::Abandoned => report.abandoned += 1,
             }
         }
     }
     Ok(report)
+}
+
+enum Counted {
+    Delivered,
+    Failed,
+    Abandoned,
 }
 
 /// Time before attempt `attempts + 1`: 5 s doubling to at most an hour, plus up to 20 %.
@@ -147,7 +157,8 @@ async fn send(delivery: &DueDelivery, timeout: StdDuration) -> Result<i32, (Opti
         .body(body)
         .send()
         .await
-        .map_err(|e| (None, format!("{e:#}")))?;
+        // The URL may carry a secret: keep it out of what is stored and shown.
+        .map_err(|e| (None, format!("{:#}", e.without_url())))?;
     let status = i32::from(response.status().as_u16());
     if response.status().is_success() { Ok(status) } else { Err((Some(status), format!("HTTP {status}"))) }
 }

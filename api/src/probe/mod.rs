@@ -2,8 +2,13 @@
 //! pinned one, run the probe script, parse the facts. Nothing here touches the database;
 //! jobs decide what a result means.
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use russh::client::{self, Handle};
 use russh::keys::ssh_key::LineEnding;
@@ -11,6 +16,61 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicK
 use russh::{ChannelMsg, Disconnect};
 
 use crate::domain::facts::{Facts, Metrics, PROBE_SCRIPT, parse_probe_output};
+use crate::domain::{MachineId, SiteId};
+
+/// The limits on SSH checks, shared by everything in this process that checks: at most `all`
+/// at once, at most `per_site` at once at any one site, and never two of the same machine.
+#[derive(Debug)]
+pub struct SshLimits {
+    all: Arc<Semaphore>,
+    per_site: usize,
+    sites: Mutex<HashMap<SiteId, Arc<Semaphore>>>,
+    in_flight: Arc<Mutex<HashSet<MachineId>>>,
+}
+
+/// A machine being checked; dropping it lets the machine be checked again.
+#[derive(Debug)]
+pub struct InFlight {
+    machine: MachineId,
+    in_flight: Arc<Mutex<HashSet<MachineId>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.remove(&self.machine);
+        }
+    }
+}
+
+impl SshLimits {
+    pub fn new(all: usize, per_site: usize) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(all)),
+            per_site,
+            sites: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Marks `machine` as being checked, unless it already is.
+    pub fn begin(&self, machine: MachineId) -> Option<InFlight> {
+        let mut set = self.in_flight.lock().ok()?;
+        set.insert(machine).then(|| InFlight { machine, in_flight: self.in_flight.clone() })
+    }
+
+    /// Waits for a slot at `site` and then for a slot in all, in that order: a check waiting
+    /// on its busy site holds no global slot.
+    pub async fn permit(&self, site: SiteId) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let site = {
+            let mut sites = self.sites.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            sites.entry(site).or_insert_with(|| Arc::new(Semaphore::new(self.per_site))).clone()
+        };
+        let site = site.acquire_owned().await.expect("the semaphore is never closed");
+        let all = self.all.clone().acquire_owned().await.expect("the semaphore is never closed");
+        (site, all)
+    }
+}
 
 /// The largest output a probe keeps; the script prints well under 1 KiB.
 const MAX_OUTPUT: usize = 64 * 1024;
@@ -54,8 +114,10 @@ pub struct ProbeReport {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
-    #[error("unreachable: {0}")]
+    #[error("{UNREACHABLE}: {0}")]
     Unreachable(String),
+    #[error("{UNREACHABLE}: Fleetyard does not connect to {0}, which is in the refused network {1}")]
+    Refused(std::net::IpAddr, IpNet),
     #[error("the host key changed: pinned {pinned}, presented {presented}")]
     HostKeyChanged { pinned: String, presented: String, presented_key: String },
     #[error("Fleetyard's key was refused for user `{0}`; authorise it on the machine")]
@@ -64,17 +126,60 @@ pub enum ProbeError {
     ProbeFailed(String),
 }
 
-/// Runs probes with one key and one set of time limits.
+/// How every "could not get to it" error starts.
+const UNREACHABLE: &str = "unreachable";
+
+/// A stored probe error as a donor may read it. Why a connection failed (refused, timed out,
+/// not SSH) would tell a donor which ports answer on networks Fleetyard reaches, so that part
+/// is for ops; what the donor can act on (a refused key, a changed host key, a failing
+/// script) is shown whole.
+pub fn error_for_donors(error: &str) -> &str {
+    if error.starts_with(UNREACHABLE) { "unreachable: no SSH session could be opened" } else { error }
+}
+
+/// Runs probes with one key, one set of time limits and one set of networks never to connect to.
 #[derive(Clone)]
 pub struct SshProber {
     key: Arc<PrivateKey>,
     connect_timeout: Duration,
     command_timeout: Duration,
+    refused: Arc<[IpNet]>,
 }
 
 impl SshProber {
-    pub fn new(private_openssh: &str, connect_timeout: Duration, command_timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self { key: Arc::new(PrivateKey::from_openssh(private_openssh)?), connect_timeout, command_timeout })
+    pub fn new(
+        private_openssh: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+        refused: Vec<IpNet>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            key: Arc::new(PrivateKey::from_openssh(private_openssh)?),
+            connect_timeout,
+            command_timeout,
+            refused: refused.into(),
+        })
+    }
+
+    /// The address to connect to for `target`: the first it resolves to outside the refused
+    /// networks. Connecting to that very address (not the name again) leaves no room for a
+    /// name that resolves differently the second time.
+    async fn address(&self, target: &SshTarget) -> Result<SocketAddr, ProbeError> {
+        let resolving = tokio::net::lookup_host((target.host.as_str(), target.port));
+        let addresses: Vec<SocketAddr> = tokio::time::timeout(self.connect_timeout, resolving)
+            .await
+            .map_err(|_| ProbeError::Unreachable(format!("`{}` did not resolve in time", target.host)))?
+            .map_err(|e| ProbeError::Unreachable(format!("`{}` does not resolve: {e}", target.host)))?
+            .collect();
+        let mut refusal = None;
+        for address in &addresses {
+            let ip = address.ip().to_canonical();
+            match self.refused.iter().find(|net| net.contains(&ip)) {
+                Some(net) => refusal = refusal.or(Some(ProbeError::Refused(ip, *net))),
+                None => return Ok(*address),
+            }
+        }
+        Err(refusal.unwrap_or_else(|| ProbeError::Unreachable(format!("`{}` has no address", target.host))))
     }
 
     /// Probes `target`. With `pinned` (an OpenSSH public key), any other host key is refused
@@ -89,7 +194,7 @@ impl SshProber {
             ..Default::default()
         });
         let presented = || seen.lock().ok().and_then(|slot| slot.clone());
-        let connecting = client::connect(config, (target.host.as_str(), target.port), handler);
+        let connecting = client::connect(config, self.address(target).await?, handler);
         let mut session = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Err(_) => {
                 return Err(ProbeError::Unreachable(format!("no SSH handshake within {:?}", self.connect_timeout)));
@@ -110,7 +215,7 @@ impl SshProber {
         let _ = session.disconnect(Disconnect::ByApplication, "", "").await;
         let output = outcome?;
         let (facts, metrics) = parse_probe_output(&output).map_err(ProbeError::ProbeFailed)?;
-        Ok(ProbeReport { host_key, host_key_fingerprint, facts, metrics })
+        Ok(ProbeReport { host_key, host_key_fingerprint, facts: facts.sanitized(), metrics })
     }
 
     async fn authenticate_and_run(

@@ -93,6 +93,33 @@ async fn a_killed_agent_makes_its_machine_unreachable_and_its_return_brings_it_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_agent_takes_up_the_credential_of_a_new_enrollment() {
+    let app = TestApp::spawn_with(fast_heartbeats).await;
+    let w = app.world().await;
+    let board = app.machine_in(&w, this_host_machine("AG-9"), "ready").await;
+    let mut agent = AgentProcess::enroll(&app.base_url, &board.enrollment_token).await;
+    agent.start();
+    sweep_until(&app, &w, &board.id, Duration::from_secs(15), |m| m["health"] == "healthy").await;
+
+    // Someone enrolls the machine again while the agent runs: the old credential is revoked,
+    // and the agent, refused, finds the new one on disk and carries on with it.
+    let token = app.post(&format!("/api/v1/machines/{}/enrollment-token", board.id), &w.a.token, json!({})).await;
+    agent.re_enroll(token.expect(201).body["token"].as_str().unwrap()).await;
+    let re_enrolled = chrono::Utc::now();
+    let started = Instant::now();
+    loop {
+        let last = app.machine(&w, &board.id).await["monitoring"]["last_heartbeat_at"].clone();
+        let last: chrono::DateTime<chrono::Utc> = serde_json::from_value(last).unwrap();
+        if last > re_enrolled + chrono::Duration::seconds(1) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the agent did not take up the new credential");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(agent.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_in_maintenance_raise_no_alarms() {
     let app = TestApp::spawn_with(fast_heartbeats).await;
     let w = app.world().await;
@@ -161,7 +188,7 @@ async fn reported_facts_that_contradict_the_inventory_are_flagged_and_audited_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_stop_working_when_replaced_renewed_or_revoked() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(|c| c.agent_token_cache_secs = 0).await;
     let w = app.world().await;
     let board = app.machine_in(&w, this_host_machine("AG-5"), "onboarding").await;
     let enroll = |token: String| {
@@ -188,16 +215,31 @@ async fn credentials_stop_working_when_replaced_renewed_or_revoked() {
     app.post("/api/v1/agent/heartbeat", &first, beat.clone()).await.expect(401);
     app.post("/api/v1/agent/heartbeat", &second, beat.clone()).await.expect(200);
 
-    // Renewal swaps it for a fresh one.
+    // Renewal swaps it for a fresh one, but not within an hour of the last: an agent stuck in
+    // a loop must not mint credentials.
+    let refused = app.post("/api/v1/agent/credential", &second, json!({})).await.expect(409);
+    assert_eq!(refused.code(), "renewal-too-early");
+    let mut conn = app.pool().get().await.unwrap();
+    diesel::sql_query("UPDATE api_tokens SET created_at = created_at - interval '2 hours' WHERE role = 'agent'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let renewed = app.post("/api/v1/agent/credential", &second, json!({})).await.expect(200);
     let third = renewed.body["credential"].as_str().unwrap().to_owned();
+    app.post("/api/v1/agent/heartbeat", &third, beat.clone()).await.expect(200);
+    // The old one keeps working a little while, in case the answer never reached the agent...
+    app.post("/api/v1/agent/heartbeat", &second, beat.clone()).await.expect(200);
+    // ...and not after.
+    diesel::sql_query("UPDATE api_tokens SET revoked_at = now() - interval '1 second' WHERE revoked_at > now()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     app.post("/api/v1/agent/heartbeat", &second, beat.clone()).await.expect(401);
     app.post("/api/v1/agent/heartbeat", &third, beat.clone()).await.expect(200);
 
     // An expired enrollment token is refused.
     let token =
         app.post(&format!("/api/v1/machines/{}/enrollment-token", board.id), &w.admin, json!({})).await.expect(201);
-    let mut conn = app.pool().get().await.unwrap();
     diesel::sql_query("UPDATE enrollment_tokens SET expires_at = now() - interval '1 minute' WHERE used_at IS NULL")
         .execute(&mut conn)
         .await
@@ -212,6 +254,46 @@ async fn credentials_stop_working_when_replaced_renewed_or_revoked() {
         .unwrap();
     let cleared = fleetyard::jobs::enrollment_expiry::clear(&app.state).await.unwrap();
     assert_eq!(cleared.deleted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_can_be_cut_off_and_loses_its_credential_when_the_machine_leaves() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let board = app.machine_in(&w, this_host_machine("AG-8"), "ready").await;
+    let credential = |body: &Value| body["credential"].as_str().unwrap().to_owned();
+    let enroll = |token: &str| {
+        let body = json!({ "token": token });
+        let app = &app;
+        async move { app.request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&body)).await }
+    };
+    let beat = json!({
+        "agent_version": "test", "sent_at": chrono::Utc::now(),
+        "facts": { "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 },
+        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
+    });
+    let first = credential(&enroll(&board.enrollment_token).await.expect(200).body);
+    app.post("/api/v1/agent/heartbeat", &first, beat.clone()).await.expect(200);
+
+    // The donor cuts the agent off (say its disk was lost): the credential and an enrollment
+    // token not yet used stop working at once.
+    let pending = app.post(&format!("/api/v1/machines/{}/enrollment-token", board.id), &w.a.token, json!({})).await;
+    let pending = pending.expect(201).body["token"].as_str().unwrap().to_owned();
+    let cut = app.delete(&format!("/api/v1/machines/{}/agent", board.id), &w.a.token).await.expect(200);
+    assert_eq!(cut.body, json!({ "credentials_revoked": 1, "enrollment_tokens_revoked": 1 }));
+    app.post("/api/v1/agent/heartbeat", &first, beat.clone()).await.expect(401);
+    enroll(&pending).await.expect(401);
+    let trail = format!("/api/v1/audit?entity_id={}&action=machine.agent_cut_off", board.id);
+    assert_eq!(app.get(&trail, &w.a.token).await.expect(200).body["items"].as_array().unwrap().len(), 1);
+
+    // A fresh enrollment brings it back; withdrawing the machine cuts it off again.
+    let token = app.post(&format!("/api/v1/machines/{}/enrollment-token", board.id), &w.a.token, json!({})).await;
+    let second = credential(&enroll(token.expect(201).body["token"].as_str().unwrap()).await.expect(200).body);
+    app.post("/api/v1/agent/heartbeat", &second, beat.clone()).await.expect(200);
+    app.post(&format!("/api/v1/machines/{}/transitions", board.id), &w.a.token, json!({ "to": "withdrawn" }))
+        .await
+        .expect(200);
+    app.post("/api/v1/agent/heartbeat", &second, beat).await.expect(401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,11 +313,29 @@ async fn bad_heartbeats_name_the_field_and_only_agents_may_send_them() {
     });
     let refused = app.post("/api/v1/agent/heartbeat", credential, beat.clone()).await.expect(422);
     assert_eq!(refused.fields(), ["sent_at"]);
+    let mut garbled = beat.clone();
+    garbled["sent_at"] = json!(chrono::Utc::now());
+    garbled["metrics"]["disk_used_pct"] = json!("full");
+    let refused = app.post("/api/v1/agent/heartbeat", credential, garbled).await.expect(422);
+    assert_eq!(refused.fields(), ["metrics.disk_used_pct"]);
+    // An odd reading is still a sign of life: it is kept within range, not refused, so a
+    // buggy agent does not make a working machine look unreachable.
     let mut too_full = beat.clone();
     too_full["sent_at"] = json!(chrono::Utc::now());
     too_full["metrics"]["disk_used_pct"] = json!(140.0);
-    let refused = app.post("/api/v1/agent/heartbeat", credential, too_full.clone()).await.expect(422);
-    assert_eq!(refused.fields(), ["metrics.disk_used_pct"]);
+    too_full["metrics"]["load1"] = json!(-3.0);
+    app.post("/api/v1/agent/heartbeat", credential, too_full.clone()).await.expect(200);
+    let started = Instant::now();
+    let monitoring = loop {
+        let monitoring = app.machine(&w, &board.id).await["monitoring"].clone();
+        if !monitoring["last_heartbeat_at"].is_null() {
+            break monitoring;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the heartbeat was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(monitoring["disk_used_pct"], 100.0);
+    assert_eq!(monitoring["load1"], 0.0);
     // People and services are not agents.
     app.post("/api/v1/agent/heartbeat", &w.admin, too_full.clone()).await.expect(403);
     app.post("/api/v1/agent/heartbeat", &w.ci, too_full).await.expect(403);

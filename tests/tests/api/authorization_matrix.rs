@@ -145,8 +145,11 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         row(Method::POST,  "/api/v1/agent/enroll", Some(json!({"token": "fyenroll_made_up"})),
                                                                                   [Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated]),
         row(Method::POST,  "/api/v1/agent/heartbeat", Some(heartbeat),            [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
-        // Last: renewing replaces the agent's credential.
+        // Near the end: renewing replaces the agent's credential.
         row(Method::POST,  "/api/v1/agent/credential", None,                      [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
+        // And after it: cutting the agent off revokes that credential.
+        row(Method::DELETE, format!("/api/v1/machines/{machine_id}/agent"), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Hidden,      In,        In]),
     ];
 
     let tokens = [

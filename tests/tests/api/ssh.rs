@@ -182,7 +182,9 @@ async fn a_silent_agent_is_checked_over_ssh_before_its_machine_is_declared_unrea
     .await
     .unwrap();
     let report = liveness::sweep(&app.state).await.unwrap();
-    assert_eq!(report.confirmed_over_ssh, 1);
+    assert_eq!(report.probes_requested, 1);
+    assert_eq!(app.machine(&w, &board.id).await["health"], "healthy", "not judged before SSH has had its say");
+    ssh_checks::round(&app.state).await.unwrap();
     let machine = app.machine(&w, &board.id).await;
     assert_eq!(machine["health"], "degraded", "not unreachable: SSH answered");
     assert!(machine["health_reason"].as_str().unwrap().contains("answers over SSH"));
@@ -192,6 +194,34 @@ async fn a_silent_agent_is_checked_over_ssh_before_its_machine_is_declared_unrea
     ssh_checks::round(&app.state).await.unwrap();
     let machine = app.machine(&w, &board.id).await;
     assert_eq!(machine["health"], "unreachable", "{machine}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_never_connect_to_refused_networks_and_donors_learn_no_more_than_unreachable() {
+    let app = TestApp::spawn_with(|c| {
+        checks_every_round(c);
+        c.ssh_refused_networks = fleetyard::Config::default().ssh_refused_networks;
+    })
+    .await;
+    let w = app.world().await;
+    let sshd = sshd_for(&app).await;
+    // A donor points an endpoint at the server's own host.
+    let board = machine_behind(&app, &w, &sshd, this_host_machine("SSH-6"), "ready").await;
+    ssh_checks::round(&app.state).await.unwrap();
+    let probe = format!("/api/v1/machines/{}/ssh-probe", board.id);
+    for _ in 0..3 {
+        app.request(reqwest::Method::POST, &probe, Some(&w.a.token), None).await.expect(202);
+    }
+    let trail = format!("/api/v1/audit?entity_id={}&action=machine.ssh_probe_requested", board.id);
+    let requests = app.get(&trail, &w.admin).await.expect(200);
+    assert_eq!(requests.body["items"].as_array().unwrap().len(), 1, "one request until the round takes it");
+
+    let report = ssh_checks::round(&app.state).await.unwrap();
+    assert_eq!((report.checked, report.reachable), (1, 0), "{report:?}");
+    let for_ops = app.machine(&w, &board.id).await["monitoring"]["ssh"]["last_error"].clone();
+    assert!(for_ops.as_str().unwrap().contains("refused network 127.0.0.0/8"), "{for_ops}");
+    let for_donor = app.get(&format!("/api/v1/machines/{}", board.id), &w.a.token).await.expect(200);
+    assert_eq!(for_donor.body["monitoring"]["ssh"]["last_error"], "unreachable: no SSH session could be opened");
 }
 
 /// A port that accepts connections and then says nothing: an SSH server that hangs.

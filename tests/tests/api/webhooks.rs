@@ -173,3 +173,39 @@ async fn two_replicas_delivering_at_once_send_each_event_once() {
     ids.dedup();
     assert_eq!(ids.len(), 40, "each event exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_events_and_finished_deliveries_are_pruned_but_undelivered_ones_are_kept() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let receiver = Receiver::start().await;
+    let mut broken = Receiver::start().await;
+    broken.down().await;
+    subscribe(&app, &w, &receiver.url(), json!(["donation.submitted"])).await;
+    subscribe(&app, &w, &broken.url(), json!(["donation.approved"])).await;
+    let form = usage_right_form(&w.a.site_id, "WH-9", vec![machine("riscv64", "WH-9")]);
+    let donation = id_of(&app.post("/api/v1/donations", &w.a.token, form).await.expect(201).body);
+    app.post(&format!("/api/v1/donations/{donation}/actions"), &w.admin, json!({ "action": "approve" }))
+        .await
+        .expect(200);
+    let report = deliver_due(&app.state).await.unwrap();
+    assert_eq!((report.delivered, report.failed), (1, 1), "{report:?}");
+    let all_events = app.event_types(&w).await.len();
+
+    // Fresh rows stay.
+    let report = fleetyard::jobs::outbox_retention::prune(&app.state).await.unwrap();
+    assert_eq!((report.deliveries_deleted, report.events_deleted), (0, 0));
+
+    // Months later.
+    let mut conn = app.pool().get().await.unwrap();
+    for statement in [
+        "UPDATE events SET time = time - interval '100 days'",
+        "UPDATE webhook_deliveries SET delivered_at = delivered_at - interval '31 days' WHERE delivered_at IS NOT NULL",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await.unwrap();
+    }
+    let report = fleetyard::jobs::outbox_retention::prune(&app.state).await.unwrap();
+    assert_eq!(report.deliveries_deleted, 1);
+    assert_eq!(report.events_deleted, all_events - 1);
+    assert_eq!(app.event_types(&w).await, ["donation.approved"], "still owed to a subscriber");
+}

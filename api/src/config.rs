@@ -1,6 +1,7 @@
 //! Configuration: defaults, then an optional TOML file, then `FLEETYARD_*` environment
 //! variables. Every option is documented in `.env.example`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -79,6 +80,18 @@ pub struct Config {
     pub webhook_timeout_secs: u64,
     /// Attempts before a delivery is abandoned (backoff doubles from 5 s, capped at 1 h).
     pub webhook_max_attempts: i32,
+
+    /// The longest a lease may last, extensions included (a donor may allow less).
+    pub lease_max_minutes: i64,
+    /// How long a lease request waits in the queue, unless it says otherwise.
+    pub lease_default_wait_minutes: i64,
+    /// The longest a caller may wait for a grant in one request (long poll).
+    pub lease_long_poll_max_secs: u64,
+    /// Each replica runs a placement round at least this often, besides on every request,
+    /// release and newly ready machine.
+    pub scheduler_tick_millis: u64,
+    /// Fair-share weights by tenant; a tenant not named has weight 1.
+    pub tenant_weights: BTreeMap<String, f64>,
 
     /// The background schedules; see `jobs::JOBS`.
     pub jobs: JobsConfig,
@@ -171,6 +184,11 @@ impl Default for Config {
             .collect(),
             webhook_timeout_secs: 10,
             webhook_max_attempts: 12,
+            lease_max_minutes: 24 * 60,
+            lease_default_wait_minutes: 60,
+            lease_long_poll_max_secs: 60,
+            scheduler_tick_millis: 1000,
+            tenant_weights: BTreeMap::new(),
             jobs: JobsConfig::default(),
         }
     }
@@ -225,6 +243,12 @@ impl Config {
         }
         if self.heartbeat_interval_secs == 0 || self.missed_heartbeats == 0 {
             bail!("FLEETYARD_HEARTBEAT_INTERVAL_SECS and FLEETYARD_MISSED_HEARTBEATS must be positive");
+        }
+        if self.lease_max_minutes < 1 || self.lease_default_wait_minutes < 0 || self.scheduler_tick_millis == 0 {
+            bail!("FLEETYARD_LEASE_MAX_MINUTES and FLEETYARD_SCHEDULER_TICK_MILLIS must be positive");
+        }
+        if let Some((tenant, _)) = self.tenant_weights.iter().find(|(_, w)| !(w.is_finite() && **w > 0.0)) {
+            bail!("FLEETYARD_TENANT_WEIGHTS: the weight of `{tenant}` must be a positive number");
         }
         if self.ssh_concurrency == 0 || self.ssh_site_concurrency == 0 {
             bail!("FLEETYARD_SSH_CONCURRENCY and FLEETYARD_SSH_SITE_CONCURRENCY must be positive");
@@ -306,6 +330,7 @@ mod tests {
             let key = format!("FLEETYARD_{}", option.to_uppercase());
             match value.as_object() {
                 Some(jobs) => {
+                    assert!(mentioned(&key), "`.env.example` does not mention {key}");
                     for job in jobs.keys().filter(|k| *k != "enabled") {
                         let prefix = format!("{key}__{}__", job.to_uppercase());
                         assert!(mentioned(&prefix), "`.env.example` does not mention {prefix}SCHEDULE");

@@ -48,6 +48,20 @@ impl ApiError {
         Self { status, code: code.into(), message: message.into(), details: None, cause: None }
     }
 
+    /// The same answer for another caller, without the cause (which is logged once, here).
+    pub fn to_shared(&self) -> Self {
+        if let Some(cause) = &self.cause {
+            tracing::error!(code = %self.code, "{}: {cause:#}", self.message);
+        }
+        Self {
+            status: self.status,
+            code: self.code.clone(),
+            message: self.message.clone(),
+            details: self.details.clone(),
+            cause: None,
+        }
+    }
+
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod monitoring;
 pub mod probe;
 pub mod routes;
+pub mod scheduler;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -86,6 +86,10 @@ pub async fn change_health(
         .before(&json!({ "health": from }))
         .after(&json!({ "health": to, "health_reason": reason }));
     audit::record(conn, actor, &[change]).await?;
+    if to == Health::Unreachable && from != Health::Unreachable {
+        // Placement trusts machines that seldom go silent.
+        machine_status::count_unreachable_episode(conn, id).await?;
+    }
     let event = match (from, to) {
         (Health::Unreachable, Health::Unreachable) => None,
         (_, Health::Unreachable) => Some(EventType::MachineUnreachable),

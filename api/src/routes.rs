@@ -8,7 +8,7 @@ use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::handlers::{
-    agent, audit, auth, donations, donors, machines, service_tokens, sites, system, users, webhooks,
+    agent, audit, auth, donations, donors, leases, machines, service_tokens, sites, system, users, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -28,6 +28,7 @@ use crate::handlers::{
         (name = "donations", description = "The donation form, review and donation-level actions"),
         (name = "machines", description = "The inventory: list, detail, labels, maintenance, lifecycle"),
         (name = "donors", description = "Donor organisations"),
+        (name = "leases", description = "Machines for CI runners: ask, wait, extend, release"),
         (name = "sites", description = "Labs, donor sites and cloud regions"),
         (name = "users", description = "Accounts for ops and donors' staff"),
         (name = "service-tokens", description = "Service-account tokens for CI and other services"),
@@ -100,6 +101,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(webhooks::delete_webhook)
             .service(webhooks::list_deliveries)
             .service(webhooks::list_events)
+            .service(leases::create_lease)
+            .service(leases::list_leases)
+            .service(leases::get_lease)
+            .service(leases::extend_lease)
+            .service(leases::release_lease)
             .service(audit::list_audit),
     );
 }

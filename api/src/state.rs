@@ -13,6 +13,7 @@ use crate::db::{self, DbConn};
 use crate::error::ApiError;
 use crate::heartbeats::HeartbeatIngest;
 use crate::probe::{self, SshLimits, SshProber};
+use crate::scheduler::Scheduler;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -25,6 +26,8 @@ pub struct AppState {
     pub heartbeats: Arc<HeartbeatIngest>,
     /// The limits every SSH check in this process shares.
     pub ssh_limits: Arc<SshLimits>,
+    /// This replica's lease scheduler task.
+    pub scheduler: Arc<Scheduler>,
     ssh_key: Arc<OnceCell<SshKey>>,
 }
 
@@ -42,6 +45,7 @@ const SSH_KEY_NAME: &str = "ssh-ed25519";
 impl AppState {
     /// Builds the state and starts the heartbeat writer (needs a tokio runtime).
     pub fn new(pool: db::Pool, config: Config) -> Self {
+        let config = Arc::new(config);
         Self {
             tokens: Arc::new(TokenKeys::new(&config)),
             openapi_json: crate::routes::openapi_json().into(),
@@ -54,7 +58,8 @@ impl AppState {
             )),
             ssh_limits: Arc::new(SshLimits::new(config.ssh_concurrency, config.ssh_site_concurrency)),
             ssh_key: Arc::new(OnceCell::new()),
-            config: Arc::new(config),
+            scheduler: Arc::new(Scheduler::start(pool.clone(), config.clone())),
+            config,
             pool,
         }
     }

@@ -2,7 +2,7 @@
 //! a user and a site), a foundation lab, a service account.
 
 use fleetyard::db;
-use fleetyard::domain::{Role, UserId};
+use fleetyard::domain::{MachineId, Role, UserId};
 use serde_json::{Value, json};
 
 use crate::TestApp;
@@ -216,4 +216,82 @@ impl TestApp {
         types.reverse();
         types
     }
+}
+
+impl TestApp {
+    /// Machines registered by donor A in one donation (`usage_right` with `policy`, or the
+    /// foundation-lab `ownership`/`loan`), taken through review and onboarding to `ready`, and
+    /// made healthy by one real heartbeat each and a liveness sweep. Returns their ids.
+    pub async fn ready_pool(&self, w: &World, model: &str, policy: Option<Value>, machines: Vec<Value>) -> Vec<String> {
+        let reference = format!("P-{}", uuid::Uuid::new_v4().simple());
+        let form = if model == "usage_right" {
+            let mut form = usage_right_form(&w.a.site_id, &reference, machines.clone());
+            if let Some(policy) = policy {
+                form["usage_policy"] = policy;
+            }
+            form
+        } else {
+            lab_form(model, &w.lab_site, &reference, machines.clone())
+        };
+        let created = self.post("/api/v1/donations", &w.a.token, form).await.expect(201);
+        let donation = id_of(&created.body);
+        self.post(&format!("/api/v1/donations/{donation}/actions"), &w.admin, json!({ "action": "approve" }))
+            .await
+            .expect(200);
+        let ids: Vec<String> = created.body["machines"].as_array().unwrap().iter().map(id_of).collect();
+        let path = if model == "usage_right" {
+            vec![json!({ "to": "onboarding" }), json!({ "to": "ready" })]
+        } else {
+            vec![
+                json!({ "to": "in_transit" }),
+                json!({ "to": "received", "location": { "rack": "R1", "slot": "U1" } }),
+                json!({ "to": "onboarding" }),
+                json!({ "to": "ready" }),
+            ]
+        };
+        for id in &ids {
+            for step in &path {
+                self.post(&format!("/api/v1/machines/{id}/transitions"), &w.admin, step.clone()).await.expect(200);
+            }
+        }
+        for (id, declared) in ids.iter().zip(&machines) {
+            let credential = self.agent_token(MachineId(id.parse().unwrap())).await;
+            let beat = json!({
+                "agent_version": "test", "sent_at": chrono::Utc::now(),
+                "facts": {
+                    "arch": declared["arch"], "kernel": "6.6.0", "os_release": "openEuler 24.03 (LTS)",
+                    "cpu_model": declared["cpu_model"], "cpu_count": declared["cpu_cores"],
+                    "memory_mib": declared["memory_mib"], "disk_gib": declared["disk_gib"]
+                },
+                "metrics": { "load1": 0.1, "load5": 0.1, "load15": 0.1, "uptime_secs": 100,
+                             "disk_used_pct": 10.0, "memory_available_mib": 1000 }
+            });
+            self.post("/api/v1/agent/heartbeat", &credential, beat).await.expect(200);
+        }
+        // The batch writer stores heartbeats every few milliseconds; the sweep then judges them.
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            fleetyard::jobs::liveness::sweep(&self.state).await.expect("the liveness sweep");
+            let mut healthy = 0;
+            for id in &ids {
+                if self.machine(w, id).await["health"] == "healthy" {
+                    healthy += 1;
+                }
+            }
+            if healthy == ids.len() {
+                return ids;
+            }
+        }
+        panic!("the pool did not turn healthy");
+    }
+}
+
+/// A machine for a pool: `arch` with `cores` and `memory_gib`, reachable over SSH at a
+/// documentation address (nothing connects to it in these tests).
+pub fn pool_machine(arch: &str, asset_tag: &str, cores: i32, memory_gib: i64) -> Value {
+    json!({
+        "arch": arch, "cpu_model": "Pool CPU", "cpu_cores": cores, "memory_mib": memory_gib * 1024, "disk_gib": 200,
+        "asset_tag": asset_tag, "labels": { "board": "pool" },
+        "ssh": { "host": "192.0.2.10", "port": 2222, "user": "runner" }
+    })
 }

@@ -289,3 +289,12 @@ pub async fn set_quarantine(
         .get_result(conn)
         .await
 }
+
+/// One more time this machine went silent.
+pub async fn count_unreachable_episode(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<()> {
+    diesel::update(machine_status::table.find(id))
+        .set(machine_status::unreachable_episodes.eq(machine_status::unreachable_episodes + 1))
+        .execute(conn)
+        .await
+        .map(drop)
+}

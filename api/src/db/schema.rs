@@ -154,6 +154,9 @@ diesel::table! {
         ssh_host_key -> Nullable<Text>,
         ssh_host_key_fingerprint -> Nullable<Text>,
         probe_requested_at -> Nullable<Timestamptz>,
+        leases_granted -> Int8,
+        unreachable_episodes -> Int4,
+        lost_leases -> Int4,
     }
 }
 
@@ -245,7 +248,40 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    leases (id) {
+        id -> Uuid,
+        state -> Text,
+        holder_kind -> Text,
+        holder_id -> Uuid,
+        holder_name -> Text,
+        idempotency_key -> Nullable<Text>,
+        request_hash -> Binary,
+        tenant -> Text,
+        purpose -> Text,
+        priority -> Int4,
+        arch -> Text,
+        min_cores -> Int4,
+        min_memory_mib -> Int8,
+        min_disk_gib -> Int8,
+        labels -> Jsonb,
+        trusted_only -> Bool,
+        duration_secs -> Int4,
+        ssh_public_key -> Nullable<Text>,
+        queued_at -> Timestamptz,
+        deadline -> Timestamptz,
+        machine_id -> Nullable<Uuid>,
+        donation_id -> Nullable<Uuid>,
+        donor_id -> Nullable<Uuid>,
+        granted_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<Timestamptz>,
+        ended_at -> Nullable<Timestamptz>,
+        end_reason -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(machine_status -> machines (machine_id));
+diesel::joinable!(leases -> machines (machine_id));
 diesel::joinable!(webhook_deliveries -> events (event_id));
 diesel::joinable!(webhook_deliveries -> webhook_subscriptions (subscription_id));
 diesel::joinable!(machines -> donations (donation_id));
@@ -265,4 +301,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     webhook_subscriptions,
     webhook_deliveries,
+    leases,
 );

@@ -10,8 +10,10 @@ use diesel::sql_types::{Jsonb, Text};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::domain::usage_policy::Purpose;
 use crate::domain::{
-    ActorKind, Arch, CloudProvider, DonationModel, DonationStatus, DonorKind, Health, LifecycleState, Role, SiteKind,
+    ActorKind, Arch, CloudProvider, DonationModel, DonationStatus, DonorKind, Health, HolderKind, LeaseState,
+    LifecycleState, Role, SiteKind,
 };
 
 macro_rules! text_sql {
@@ -39,7 +41,10 @@ text_sql!(
     DonationStatus,
     DonorKind,
     Health,
+    HolderKind,
+    LeaseState,
     LifecycleState,
+    Purpose,
     Role,
     SiteKind,
 );

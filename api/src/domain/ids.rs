@@ -59,3 +59,7 @@ id_type!(
     /// An API token (service account or machine credential); also the token's `jti`.
     TokenId
 );
+id_type!(
+    /// A lease: a machine held for a CI runner (and later, for a job).
+    LeaseId
+);

@@ -1,7 +1,7 @@
 //! A usage-right donor's terms: for what, when (weekly windows in the donor's time zone), how
 //! many at once and for how long the community may use the donated machines.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use utoipa::ToSchema;
 
@@ -177,6 +177,45 @@ impl UsagePolicy {
         })
     }
 
+    /// Whether a lease may start at `at` and run for `length` without leaving the windows.
+    pub fn is_open_for(&self, at: DateTime<Utc>, length: chrono::Duration) -> bool {
+        if self.windows.is_empty() {
+            return true;
+        }
+        if !self.is_open_at(at) {
+            return false;
+        }
+        self.closes_after(at).is_none_or(|closing| at + length <= closing)
+    }
+
+    /// When the stretch of open time around `at` ends, or `None` if it lasts beyond a week
+    /// (the windows cover every hour). The policy closes only where some window ends, so
+    /// those are the instants to look at.
+    fn closes_after(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let zone = check_time_zone(self.time_zone.as_deref()?).ok()?;
+        let today = at.with_timezone(&zone).date_naive();
+        let mut ends: Vec<DateTime<Utc>> = (-1..=8)
+            .map(|offset| today + chrono::Duration::days(offset))
+            .flat_map(|date| {
+                let day = Weekday::from_chrono(date.weekday());
+                self.windows.iter().filter(move |w| w.days.contains(&day)).map(move |w| {
+                    let end_date = if w.start < w.end { date } else { date + chrono::Duration::days(1) };
+                    let minutes = i64::from(w.end.minutes());
+                    end_date.and_hms_opt(0, 0, 0).expect("midnight exists") + chrono::Duration::minutes(minutes)
+                })
+            })
+            .filter_map(|local| {
+                // A closing time that falls in a DST gap happens when the clocks reach it.
+                (zone.from_local_datetime(&local).earliest())
+                    .or_else(|| zone.from_local_datetime(&(local + chrono::Duration::hours(1))).earliest())
+                    .map(|t| t.with_timezone(&Utc))
+            })
+            .filter(|t| *t > at)
+            .collect();
+        ends.sort();
+        ends.into_iter().find(|t| !self.is_open_at(*t))
+    }
+
     /// Whether this policy allows the purpose.
     pub fn allows(&self, purpose: Purpose) -> bool {
         self.purposes.contains(&purpose)
@@ -283,5 +322,23 @@ mod tests {
         for bad in ["24:01", "7:00", "07:60", "noon", "07-00"] {
             assert!(ClockTime::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_lease_must_end_before_the_window_closes_even_across_midnight() {
+        // Friday 20:00 to Saturday 08:00, and Saturday all day, in Berlin (UTC+1 in November).
+        let p = policy(
+            "Europe/Berlin",
+            serde_json::json!([
+                {"days": ["fri"], "start": "20:00", "end": "08:00"},
+                {"days": ["sat"], "start": "08:00", "end": "24:00"},
+            ]),
+        );
+        let friday_22 = utc(2026, 11, 20, 21, 0);
+        assert!(p.is_open_for(friday_22, chrono::Duration::hours(25)), "the windows join up until Sunday 00:00");
+        assert!(!p.is_open_for(friday_22, chrono::Duration::hours(27)));
+        assert!(!p.is_open_for(utc(2026, 11, 20, 12, 0), chrono::Duration::minutes(1)), "closed on Friday noon");
+        let always = policy("Asia/Shanghai", serde_json::json!([]));
+        assert!(always.is_open_for(friday_22, chrono::Duration::days(30)));
     }
 }

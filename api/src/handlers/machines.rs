@@ -378,6 +378,19 @@ async fn move_machine(
     request: TransitionRequest,
     only_from: Option<LifecycleState>,
 ) -> Result<MachineDetail, ApiError> {
+    let moved = move_machine_now(state, caller, id, request, only_from).await?;
+    // A machine came into the pool, or left it (perhaps with a lease): place and reclaim now.
+    state.scheduler.wake();
+    Ok(moved)
+}
+
+async fn move_machine_now(
+    state: &AppState,
+    caller: &Principal,
+    id: MachineId,
+    request: TransitionRequest,
+    only_from: Option<LifecycleState>,
+) -> Result<MachineDetail, ApiError> {
     let scope = caller.admin_or_donor()?;
     let mut errors = FieldErrors::new();
     if let Some(note) = &request.note {

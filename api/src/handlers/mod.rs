@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod donations;
 pub mod donors;
+pub mod leases;
 pub mod machines;
 pub mod service_tokens;
 pub mod sites;
@@ -74,7 +75,7 @@ macro_rules! uuid_cursor_key {
     )+};
 }
 
-uuid_cursor_key!(DonorId, SiteId, UserId, DonationId, MachineId, TokenId);
+uuid_cursor_key!(DonorId, SiteId, UserId, DonationId, MachineId, TokenId, LeaseId);
 
 /// Events and webhook subscriptions are keyed by plain UUIDs.
 impl CursorKey for Uuid {

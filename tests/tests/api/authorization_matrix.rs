@@ -2,7 +2,7 @@
 //! a CI service account and a machine's agent. Each cell states what that caller must get.
 
 use fleetyard_tests::TestApp;
-use fleetyard_tests::fixtures::{id_of, machine, usage_right_form};
+use fleetyard_tests::fixtures::{id_of, machine, pool_machine, usage_right_form};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -72,6 +72,12 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         "facts": { "arch": "riscv64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 8, "memory_mib": 16384, "disk_gib": 256 },
         "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
     });
+    // A lab machine with a lease on it, held by the CI account and donated by donor A.
+    app.ready_pool(&w, "ownership", None, vec![pool_machine("x86_64", "LX-1", 8, 16)]).await;
+    let runner =
+        json!({ "requirements": { "arch": "x86_64" }, "purpose": "ci", "duration_minutes": 30, "tenant": "ci-gate" });
+    let lease = app.post("/api/v1/leases", &w.ci, runner.clone()).await.expect(201);
+    let lease_id = id_of(&lease.body);
     let donate =
         |n: &str| usage_right_form(&a.site_id, &format!("A-{n}"), vec![machine("riscv64", &format!("MX-{n}"))]);
 
@@ -141,6 +147,13 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
                                                                                   [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
         row(Method::GET,   format!("/api/v1/webhooks/{}/deliveries", uuid::Uuid::now_v7()), None,
                                                                                   [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
+        row(Method::POST,  "/api/v1/leases", Some(runner),                        [Unauthenticated, Forbidden, In,        Forbidden,   Forbidden, In]),
+        row(Method::GET,   "/api/v1/leases", None,                                [Unauthenticated, Forbidden, In,        In,          In,        In]),
+        row(Method::GET,   format!("/api/v1/leases/{lease_id}"), None,            [Unauthenticated, Forbidden, In,        Hidden,      In,        In]),
+        row(Method::POST,  format!("/api/v1/leases/{lease_id}/extend"), Some(json!({"minutes": 1})),
+                                                                                  [Unauthenticated, Forbidden, In,        Hidden,      Forbidden, In]),
+        // The holder releases it first; ops then find it ended (409).
+        row(Method::POST,  format!("/api/v1/leases/{lease_id}/release"), None,    [Unauthenticated, Forbidden, In,        Hidden,      Forbidden, In]),
         // The enrollment token in the body is the credential; a made-up one is refused for all.
         row(Method::POST,  "/api/v1/agent/enroll", Some(json!({"token": "fyenroll_made_up"})),
                                                                                   [Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated]),

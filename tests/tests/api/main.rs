@@ -8,6 +8,7 @@ mod authorization_matrix;
 mod cli;
 mod donations;
 mod jobs;
+mod leases;
 mod lifecycle;
 mod listing;
 mod openapi;

@@ -1,0 +1,552 @@
+//! Leases: CI (or ops) asks for a machine for a while and gets it now, or a place in the queue.
+
+use std::time::Duration as StdDuration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::{DateTime, Duration, Utc};
+use diesel_async::AsyncConnection;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{page, page_type, paginate};
+use crate::auth::Principal;
+use crate::db::leases::{Lease, NewLease, Scope};
+use crate::db::{self, Json as Jsonb};
+use crate::domain::inventory::validate_labels;
+use crate::domain::lease::latest_end;
+use crate::domain::placement::Requirements;
+use crate::domain::usage_policy::Purpose;
+use crate::domain::{Arch, FieldErrors, HolderKind, LeaseId, LeaseState, MachineId};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Json, Query};
+use crate::scheduler::{Answer, ensure_state};
+use crate::state::AppState;
+use crate::views::SshEndpoint;
+
+/// A request for a machine.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub requirements: Requirements,
+    pub purpose: Purpose,
+    /// How long the machine is needed, in minutes.
+    #[schema(minimum = 1, example = 120)]
+    pub duration_minutes: i64,
+    /// 0 (lowest) to 100; default 50.
+    #[serde(default = "default_priority")]
+    #[schema(minimum = 0, maximum = 100, default = 50)]
+    pub priority: i32,
+    /// Who the machine serves (a SIG or a service), for fair share: `sig-riscv`.
+    #[schema(example = "sig-riscv")]
+    pub tenant: String,
+    /// An OpenSSH public key to let in for the lease.
+    #[serde(default)]
+    pub ssh_public_key: Option<String>,
+    /// Foundation-lab machines only (release and signing work).
+    #[serde(default)]
+    pub trusted_only: bool,
+    /// How long to wait in the queue before giving up, in minutes; default from the server's
+    /// configuration. 0: grant now or fail.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10080)]
+    pub max_wait_minutes: Option<i64>,
+}
+
+fn default_priority() -> i32 {
+    50
+}
+
+/// Where a queued lease stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QueueStanding {
+    /// 1 for the next in line among leases for the same architecture, counting priority and
+    /// age (fair share between tenants may still reorder them).
+    pub position: i64,
+    /// When enough granted leases on matching-architecture machines will have expired for
+    /// this one's turn, if that many are running; leases given back early make it sooner.
+    pub estimated_start_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LeaseHolder {
+    pub kind: HolderKind,
+    pub name: String,
+}
+
+/// A lease as its holder, ops and the machine's donor see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LeaseView {
+    pub id: LeaseId,
+    pub state: LeaseState,
+    pub tenant: String,
+    pub purpose: Purpose,
+    pub priority: i32,
+    pub requirements: Requirements,
+    pub trusted_only: bool,
+    pub duration_minutes: i64,
+    pub holder: LeaseHolder,
+    pub has_ssh_public_key: bool,
+    pub queued_at: DateTime<Utc>,
+    /// A lease still queued at this time fails.
+    pub deadline: DateTime<Utc>,
+    pub machine_id: Option<MachineId>,
+    /// How to reach the machine while the lease is granted.
+    pub connection: Option<SshEndpoint>,
+    pub granted_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+    /// Only while queued.
+    pub queue: Option<QueueStanding>,
+}
+
+impl LeaseView {
+    fn new(lease: Lease, connection: Option<SshEndpoint>, queue: Option<QueueStanding>) -> Self {
+        Self {
+            id: lease.id,
+            state: lease.state,
+            tenant: lease.tenant,
+            purpose: lease.purpose,
+            priority: lease.priority,
+            requirements: Requirements {
+                arch: lease.arch,
+                min_cores: lease.min_cores,
+                min_memory_gib: lease.min_memory_mib / 1024,
+                min_disk_gib: lease.min_disk_gib,
+                labels: lease.labels.0,
+            },
+            trusted_only: lease.trusted_only,
+            duration_minutes: i64::from(lease.duration_secs) / 60,
+            holder: LeaseHolder { kind: lease.holder_kind, name: lease.holder_name },
+            has_ssh_public_key: lease.ssh_public_key.is_some(),
+            queued_at: lease.queued_at,
+            deadline: lease.deadline,
+            machine_id: lease.machine_id,
+            connection: if lease.state == LeaseState::Granted { connection } else { None },
+            granted_at: lease.granted_at,
+            expires_at: lease.expires_at,
+            ended_at: lease.ended_at,
+            end_reason: lease.end_reason,
+            queue,
+        }
+    }
+}
+
+page_type!(LeasePage, LeaseView);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Seconds to wait for a queued lease to be granted before answering (long poll); at most
+    /// the server's `lease_long_poll_max_secs`. Default 0: answer at once.
+    pub wait: Option<u64>,
+}
+
+/// Who may hold leases: CI service accounts and ops.
+fn holder(caller: &Principal) -> Result<(HolderKind, uuid::Uuid, String), ApiError> {
+    match caller {
+        Principal::Service { token_id, name } => Ok((HolderKind::Service, token_id.0, name.clone())),
+        Principal::Admin { user_id, email } => Ok((HolderKind::User, user_id.0, email.clone())),
+        _ => Err(ApiError::forbidden(format!("leases are for the ci and admin roles; you are `{}`", caller.role()))),
+    }
+}
+
+/// Which leases a caller may see: ops all, a service account its own, a donor those on its
+/// machines.
+fn scope(caller: &Principal) -> Result<Scope, ApiError> {
+    match caller {
+        Principal::Admin { .. } => Ok(Scope::All),
+        Principal::Service { token_id, .. } => Ok(Scope::Holder(token_id.0)),
+        Principal::Donor { donor_id, .. } => Ok(Scope::Donor(*donor_id)),
+        Principal::Agent { .. } => {
+            Err(ApiError::forbidden("leases are for the admin, ci and donor roles; you are `agent`"))
+        }
+    }
+}
+
+fn visible(scope: Scope, lease: &Lease) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Holder(holder) => lease.holder_id == holder,
+        Scope::Donor(donor) => lease.donor_id == Some(donor),
+    }
+}
+
+fn check_tenant(value: &str) -> Result<(), &'static str> {
+    let ok = (1..=64).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && value.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 1 to 64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit")
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(|k| Some(k.to_owned()))
+        .ok_or_else(|| ApiError::invalid_field("Idempotency-Key", "must be 1 to 200 visible ASCII characters"))
+}
+
+/// Validates a request into the lease to queue, naming every problem.
+fn validate(
+    state: &AppState,
+    request: &LeaseRequest,
+    holder: (HolderKind, uuid::Uuid, String),
+    key: Option<String>,
+) -> Result<NewLease, ApiError> {
+    let config = &state.config;
+    let mut errors = FieldErrors::new();
+    let r = &request.requirements;
+    if !(0..=4096).contains(&r.min_cores) {
+        errors.add("requirements.min_cores", "must be between 0 and 4096");
+    }
+    if !(0..=65_536).contains(&r.min_memory_gib) {
+        errors.add("requirements.min_memory_gib", "must be between 0 and 65536");
+    }
+    if !(0..=1_048_576).contains(&r.min_disk_gib) {
+        errors.add("requirements.min_disk_gib", "must be between 0 and 1048576");
+    }
+    validate_labels("requirements.labels", &r.labels, &mut errors);
+    if !(1..=config.lease_max_minutes).contains(&request.duration_minutes) {
+        errors.add(
+            "duration_minutes",
+            format!("must be between 1 and {} (the platform's limit)", config.lease_max_minutes),
+        );
+    }
+    if !(0..=100).contains(&request.priority) {
+        errors.add("priority", "must be between 0 and 100");
+    }
+    if let Err(problem) = check_tenant(&request.tenant) {
+        errors.add("tenant", problem);
+    }
+    if let Some(key) = &request.ssh_public_key {
+        let one_line = !key.trim().contains('\n');
+        if !one_line || key.len() > 16_384 || russh::keys::PublicKey::from_openssh(key.trim()).is_err() {
+            errors.add("ssh_public_key", "must be one OpenSSH public key line, such as `ssh-ed25519 AAAA... you@host`");
+        }
+    }
+    let wait = request.max_wait_minutes.unwrap_or(config.lease_default_wait_minutes);
+    if !(0..=10_080).contains(&wait) {
+        errors.add("max_wait_minutes", "must be between 0 and 10080 (a week)");
+    }
+    errors.into_result()?;
+
+    let (holder_kind, holder_id, holder_name) = holder;
+    let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
+    Ok(NewLease {
+        id: LeaseId::generate(),
+        state: LeaseState::Queued,
+        holder_kind,
+        holder_id,
+        holder_name,
+        idempotency_key: key,
+        request_hash: Sha256::digest(&canonical).to_vec(),
+        tenant: request.tenant.clone(),
+        purpose: request.purpose,
+        priority: request.priority,
+        arch: r.arch,
+        min_cores: r.min_cores,
+        min_memory_mib: r.min_memory_gib * 1024,
+        min_disk_gib: r.min_disk_gib,
+        labels: Jsonb(r.labels.clone()),
+        trusted_only: request.trusted_only,
+        duration_secs: i32::try_from(request.duration_minutes * 60).map_err(ApiError::internal)?,
+        ssh_public_key: request.ssh_public_key.as_ref().map(|k| k.trim().to_owned()),
+        deadline: Utc::now() + Duration::minutes(wait),
+    })
+}
+
+/// The lease as the caller should see it: with connection details when granted, its place in
+/// the queue when queued.
+async fn view(state: &AppState, lease: Lease) -> Result<LeaseView, ApiError> {
+    let mut conn = state.db().await?;
+    let connection = match (lease.state, lease.machine_id) {
+        (LeaseState::Granted, Some(machine)) => db::machines::find(&mut conn, machine).await?.and_then(|m| {
+            Some(SshEndpoint {
+                host: m.ssh_host?,
+                port: m.ssh_port.unwrap_or(22),
+                user: m.ssh_user.unwrap_or_default(),
+            })
+        }),
+        _ => None,
+    };
+    let queue = if lease.state == LeaseState::Queued {
+        let (ahead, ends) = db::leases::queue_standing(&mut conn, &lease).await?;
+        let estimated_start_at = usize::try_from(ahead).ok().and_then(|n| ends.get(n).copied());
+        Some(QueueStanding { position: ahead + 1, estimated_start_at })
+    } else {
+        None
+    };
+    Ok(LeaseView::new(lease, connection, queue))
+}
+
+/// Waits up to `wait` for a queued lease to leave the queue, and returns it as it then stands.
+async fn wait_while_queued(state: &AppState, mut lease: Lease, wait: Option<u64>) -> Result<Lease, ApiError> {
+    let wait = StdDuration::from_secs(wait.unwrap_or(0).min(state.config.lease_long_poll_max_secs));
+    let until = tokio::time::Instant::now() + wait;
+    let mut rounds = state.scheduler.rounds();
+    while lease.state == LeaseState::Queued && tokio::time::Instant::now() < until {
+        // A round on this replica, or half a second for one elsewhere.
+        let next = until.min(tokio::time::Instant::now() + StdDuration::from_millis(500));
+        let _ = tokio::time::timeout_at(next, rounds.changed()).await;
+        let mut conn = state.db().await?;
+        lease = db::leases::find(&mut conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))?;
+    }
+    Ok(lease)
+}
+
+fn respond(view: LeaseView, replayed: bool) -> HttpResponse {
+    let status = match view.state {
+        LeaseState::Queued => StatusCode::ACCEPTED,
+        LeaseState::Granted if !replayed => StatusCode::CREATED,
+        // A retry's answer, or a request that ended at once (it would not wait).
+        _ => StatusCode::OK,
+    };
+    let mut response = HttpResponse::build(status);
+    response.insert_header(("location", format!("/api/v1/leases/{}", view.id)));
+    if replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    response.json(view)
+}
+
+#[utoipa::path(
+    tag = "leases",
+    request_body = LeaseRequest,
+    params(
+        WaitQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the lease the first attempt made instead of a second one."),
+    ),
+    responses(
+        (status = 201, description = "Granted: the machine is the caller's until `expires_at`.", body = LeaseView),
+        (status = 202, description = "Queued, with its place and an estimate.", body = LeaseView),
+        (status = 200, description = "A retry with a known Idempotency-Key (the lease it made, as it stands now), or a request that would not wait and failed.", body = LeaseView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The same Idempotency-Key is being handled by another replica; retry.", body = ErrorBody),
+        (status = 422, description = "Invalid, or no machine in the inventory could ever take it (`unsatisfiable`, with the reason).", body = ErrorBody),
+        (status = 503, description = "Too many requests waiting for placement; retry with the same key.", body = ErrorBody),
+    ),
+)]
+#[post("/leases")]
+/// Ask for a machine: granted at once when one is free, queued when one could be, refused with
+/// the reason when none ever could. CI service accounts and ops.
+pub async fn create_lease(
+    state: web::Data<AppState>,
+    caller: Principal,
+    req: HttpRequest,
+    query: Query<WaitQuery>,
+    body: Json<LeaseRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let holder = holder(&caller)?;
+    let key = idempotency_key(&req)?;
+    let new = validate(&state, &body.into_inner(), holder, key)?;
+    let (lease, replayed) = match state.scheduler.submit(new).await? {
+        Answer::Accepted(lease) => (lease, false),
+        Answer::Replayed(lease) => (lease, true),
+    };
+    let lease = wait_while_queued(&state, lease, query.into_inner().wait).await?;
+    Ok(respond(view(&state, lease).await?, replayed))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LeaseListQuery {
+    /// Repeat for several.
+    #[serde(default)]
+    pub state: Vec<LeaseState>,
+    pub tenant: Option<String>,
+    pub arch: Option<Arch>,
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub machine_id: Option<MachineId>,
+    pub cursor: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(
+    tag = "leases",
+    params(LeaseListQuery),
+    responses((status = 200, body = LeasePage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+)]
+#[get("/leases")]
+/// List leases, newest first: ops see all, a service account its own, a donor those granted on
+/// its machines.
+pub async fn list_leases(
+    state: web::Data<AppState>,
+    caller: Principal,
+    query: Query<LeaseListQuery>,
+) -> Result<web::Json<LeasePage>, ApiError> {
+    let scope = scope(&caller)?;
+    let query = query.into_inner();
+    let page = page(query.cursor.as_deref(), query.limit)?;
+    let filter = db::leases::Filter {
+        states: query.state,
+        tenant: query.tenant,
+        arch: query.arch,
+        machine_id: query.machine_id,
+    };
+    let mut conn = state.db().await?;
+    let rows = db::leases::list(&mut conn, scope, &filter, page).await?;
+    drop(conn);
+    let (rows, next_cursor) = paginate(rows, &page, |l| l.id);
+    let mut items = Vec::with_capacity(rows.len());
+    for lease in rows {
+        items.push(view(&state, lease).await?);
+    }
+    Ok(web::Json(LeasePage { items, next_cursor }))
+}
+
+/// A lease the caller may see, or 404.
+async fn find_visible(state: &AppState, caller: &Principal, id: LeaseId) -> Result<Lease, ApiError> {
+    let scope = scope(caller)?;
+    let mut conn = state.db().await?;
+    db::leases::find(&mut conn, id).await?.filter(|l| visible(scope, l)).ok_or_else(|| ApiError::not_found("lease"))
+}
+
+#[utoipa::path(
+    tag = "leases",
+    params(("id" = LeaseId, Path), WaitQuery),
+    responses((status = 200, body = LeaseView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
+#[get("/leases/{id}")]
+/// One lease; with `wait`, a queued lease is answered once granted or when the wait is over.
+pub async fn get_lease(
+    state: web::Data<AppState>,
+    caller: Principal,
+    path: web::Path<LeaseId>,
+    query: Query<WaitQuery>,
+) -> Result<web::Json<LeaseView>, ApiError> {
+    let lease = find_visible(&state, &caller, path.into_inner()).await?;
+    let lease = wait_while_queued(&state, lease, query.into_inner().wait).await?;
+    Ok(web::Json(view(&state, lease).await?))
+}
+
+/// The holder, or ops.
+fn may_change(caller: &Principal, lease: &Lease) -> Result<(), ApiError> {
+    match caller {
+        Principal::Admin { .. } => Ok(()),
+        Principal::Service { token_id, .. } if token_id.0 == lease.holder_id => Ok(()),
+        Principal::Service { .. } => Err(ApiError::not_found("lease")),
+        _ => Err(ApiError::forbidden(format!(
+            "only the lease's holder or ops may change it; you are `{}`",
+            caller.role()
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Minutes to add to the lease's current expiry.
+    #[schema(minimum = 1)]
+    pub minutes: i64,
+}
+
+#[utoipa::path(
+    tag = "leases",
+    params(("id" = LeaseId, Path)),
+    request_body = ExtendRequest,
+    responses(
+        (status = 200, body = LeaseView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not granted, or past the donor's or the platform's limit (`lease-limit`, naming the latest end allowed).", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+)]
+#[post("/leases/{id}/extend")]
+/// Extend a granted lease, within the donor's maximum lease length and the platform's.
+/// Its holder or ops.
+pub async fn extend_lease(
+    state: web::Data<AppState>,
+    caller: Principal,
+    path: web::Path<LeaseId>,
+    body: Json<ExtendRequest>,
+) -> Result<web::Json<LeaseView>, ApiError> {
+    let minutes = body.into_inner().minutes;
+    if !(1..=state.config.lease_max_minutes).contains(&minutes) {
+        return Err(ApiError::invalid_field(
+            "minutes",
+            format!("must be between 1 and {}", state.config.lease_max_minutes),
+        ));
+    }
+    let lease = find_visible(&state, &caller, path.into_inner()).await?;
+    may_change(&caller, &lease)?;
+    let platform_max = Duration::minutes(state.config.lease_max_minutes);
+    let mut conn = state.db().await?;
+    let extended = conn
+        .transaction::<_, ApiError, _>(async move |conn| {
+            let lease = db::leases::lock(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))?;
+            ensure_state(&lease, &[LeaseState::Granted])?;
+            let (Some(granted_at), Some(expires_at)) = (lease.granted_at, lease.expires_at) else {
+                return Err(ApiError::internal(anyhow::anyhow!("granted lease {} without times", lease.id)));
+            };
+            let donor_max = match lease.donation_id {
+                Some(donation) => db::donations::find(conn, donation)
+                    .await?
+                    .and_then(|d| d.usage_policy)
+                    .map(|p| Duration::minutes(p.0.max_lease_minutes)),
+                None => None,
+            };
+            let latest = latest_end(granted_at, platform_max, donor_max);
+            let wanted = expires_at + Duration::minutes(minutes);
+            if wanted > latest {
+                return Err(ApiError::conflict(
+                    "lease-limit",
+                    format!(
+                        "the lease may run until {} at the latest (the donor's and the platform's limits)",
+                        latest.to_rfc3339()
+                    ),
+                )
+                .with_details(serde_json::json!({ "latest_end": latest })));
+            }
+            Ok(db::leases::set_expiry(conn, lease.id, wanted).await?)
+        })
+        .await?;
+    Ok(web::Json(view(&state, extended).await?))
+}
+
+#[utoipa::path(
+    tag = "leases",
+    params(("id" = LeaseId, Path)),
+    responses(
+        (status = 200, body = LeaseView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "The lease has already ended.", body = ErrorBody),
+    ),
+)]
+#[post("/leases/{id}/release")]
+/// Give a lease back: a granted one frees its machine at once, a queued one leaves the queue.
+/// Its holder or ops.
+pub async fn release_lease(
+    state: web::Data<AppState>,
+    caller: Principal,
+    path: web::Path<LeaseId>,
+) -> Result<web::Json<LeaseView>, ApiError> {
+    let lease = find_visible(&state, &caller, path.into_inner()).await?;
+    may_change(&caller, &lease)?;
+    let by = caller.actor().name;
+    let mut conn = state.db().await?;
+    let ended = conn
+        .transaction::<_, ApiError, _>(async move |conn| {
+            let lease = db::leases::lock(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))?;
+            ensure_state(&lease, &[LeaseState::Queued, LeaseState::Granted])?;
+            let (to, reason) = match lease.state {
+                LeaseState::Queued => (LeaseState::Cancelled, format!("withdrawn by {by}")),
+                _ => (LeaseState::Released, format!("released by {by}")),
+            };
+            Ok(db::leases::end(conn, lease.id, to, &reason).await?)
+        })
+        .await?;
+    state.scheduler.wake();
+    Ok(web::Json(view(&state, ended).await?))
+}

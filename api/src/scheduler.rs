@@ -1,0 +1,338 @@
+//! The lease scheduler: placement rounds, batched.
+//!
+//! Handlers do not write lease requests themselves: they hand them to this replica's
+//! scheduler task and wait for the answer. The task gathers whatever arrived since its last
+//! round and runs one round for all of it, in one transaction:
+//!
+//! 1. take the placement lock (`pg_advisory_xact_lock`): one round at a time across replicas;
+//! 2. reclaim expired leases, fail those whose machine left the pool or went silent, and
+//!    those that waited past their deadline;
+//! 3. answer retries (same holder, same `Idempotency-Key`) with the lease they made;
+//! 4. write the new requests into the queue;
+//! 5. read the queue, the free machines and what is held where, and let
+//!    [`placement::plan`] decide;
+//! 6. refuse (and delete) new requests no machine in the inventory could ever take;
+//! 7. grant what was planned, in one statement.
+//!
+//! A round runs when a request arrives, when [`Scheduler::wake`] is called (a lease ended, a
+//! machine became ready), and every `scheduler_tick_millis` otherwise (another replica's
+//! change, a donor's window opening). Batching is what makes this fast: one commit grants
+//! as many leases as arrived meanwhile. The partial unique index on granted leases per
+//! machine is the last word on double booking, whatever the lock does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::db;
+use crate::db::leases::{Grant, Lease, NewLease};
+use crate::domain::placement::{self, Holdings};
+use crate::domain::queue::Waiting;
+use crate::domain::{LeaseId, LeaseState};
+use crate::error::ApiError;
+
+/// The most requests one round takes in; the rest wait for the next.
+const MAX_BATCH: usize = 2_000;
+/// The most queued leases one round considers, oldest first.
+const MAX_QUEUE: i64 = 10_000;
+/// Requests waiting for a round on this replica, at most; beyond, callers are told to retry.
+const MAX_WAITING: usize = 20_000;
+
+/// What a round answers a request.
+#[derive(Debug)]
+pub enum Answer {
+    /// Written in this round: granted or queued.
+    Accepted(Lease),
+    /// A retry of a request already written: the lease it made, as it stands.
+    Replayed(Lease),
+}
+
+struct Request {
+    lease: NewLease,
+    reply: oneshot::Sender<Result<Answer, ApiError>>,
+}
+
+/// This replica's handle on the scheduler task.
+pub struct Scheduler {
+    intake: mpsc::Sender<Request>,
+    wake: Arc<Notify>,
+    rounds: watch::Receiver<u64>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler task (needs a tokio runtime).
+    pub fn start(pool: db::Pool, config: Arc<Config>) -> Self {
+        let (intake, requests) = mpsc::channel(MAX_WAITING);
+        let wake = Arc::new(Notify::new());
+        let (rounds_tx, rounds) = watch::channel(0);
+        tokio::spawn(run(pool, config, requests, wake.clone(), rounds_tx));
+        Scheduler { intake, wake, rounds }
+    }
+
+    /// Puts a request into the next round and waits for its answer.
+    pub async fn submit(&self, lease: NewLease) -> Result<Answer, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.intake.try_send(Request { lease, reply }).map_err(|_| {
+            ApiError::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the scheduler has too many requests waiting; retry shortly with the same Idempotency-Key",
+            )
+        })?;
+        answer.await.map_err(|_| ApiError::internal(anyhow::anyhow!("the scheduler task stopped")))?
+    }
+
+    /// Asks for a round soon: a lease ended or a machine became free.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Changes after every round on this replica.
+    pub fn rounds(&self) -> watch::Receiver<u64> {
+        self.rounds.clone()
+    }
+}
+
+async fn run(
+    pool: db::Pool,
+    config: Arc<Config>,
+    mut requests: mpsc::Receiver<Request>,
+    wake: Arc<Notify>,
+    rounds: watch::Sender<u64>,
+) {
+    let tick = Duration::from_millis(config.scheduler_tick_millis);
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            first = requests.recv() => match first {
+                Some(request) => batch.push(request),
+                None => return, // every handle is gone: the server is stopping
+            },
+            () = wake.notified() => {}
+            () = tokio::time::sleep(tick) => {}
+        }
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let (leases, replies): (Vec<NewLease>, Vec<_>) = batch.into_iter().map(|r| (r.lease, r.reply)).unzip();
+        let answers = match pool.get().await {
+            Ok(mut conn) => round(&mut conn, &config, leases).await,
+            Err(e) => Err(ApiError::from(e)),
+        };
+        match answers {
+            Ok(report) => {
+                for (reply, answer) in replies.into_iter().zip(report.answers) {
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(code = e.code(), "placement round failed: {e}");
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_shared()));
+                }
+            }
+        }
+        rounds.send_modify(|n| *n += 1);
+    }
+}
+
+/// What a round did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One per request given, in order.
+    pub answers: Vec<Result<Answer, ApiError>>,
+    pub granted: usize,
+    pub expired: usize,
+    /// Granted leases whose machine left the pool, went silent or was quarantined.
+    pub lost: usize,
+    pub overdue: usize,
+}
+
+/// Where each request of a round stands while the round runs.
+enum Slot {
+    /// Answered already (a retry of an earlier round's request).
+    Answered(Box<Result<Answer, ApiError>>),
+    /// New: its index among the leases written this round.
+    Fresh(usize),
+    /// The same holder and key as an earlier request of this round.
+    Repeat(usize),
+}
+
+/// One placement round for `new` requests (possibly none). Idempotent; tests call it directly.
+pub async fn round(conn: &mut AsyncPgConnection, config: &Config, new: Vec<NewLease>) -> Result<Report, ApiError> {
+    let weights = config.tenant_weights.clone();
+    conn.transaction::<_, ApiError, _>(async move |conn| {
+        db::leases::lock_placement(conn).await?;
+        let expired = db::leases::reclaim_expired(conn).await?.len();
+        let lost = db::leases::fail_lost(conn).await?.len();
+        let overdue = db::leases::fail_overdue(conn).await?.len();
+
+        // Retries: a key its holder already used answers with that lease.
+        let known = known_keys(conn, &new).await?;
+        let mut slots = Vec::with_capacity(new.len());
+        let mut fresh: Vec<NewLease> = Vec::new();
+        let mut first_with_key: HashMap<(uuid::Uuid, String), usize> = HashMap::new();
+        for lease in new {
+            let key = lease.idempotency_key.clone().map(|k| (lease.holder_id, k));
+            match key {
+                Some(key) if known.contains_key(&key) => {
+                    slots.push(Slot::Answered(Box::new(replay(known[&key].clone(), &lease))))
+                }
+                Some(key) if first_with_key.contains_key(&key) => {
+                    let first = first_with_key[&key];
+                    slots.push(if fresh[first].request_hash == lease.request_hash {
+                        Slot::Repeat(first)
+                    } else {
+                        Slot::Answered(Box::new(Err(key_reused())))
+                    });
+                }
+                key => {
+                    if let Some(key) = key {
+                        first_with_key.insert(key, fresh.len());
+                    }
+                    slots.push(Slot::Fresh(fresh.len()));
+                    fresh.push(lease);
+                }
+            }
+        }
+        let inserted = db::leases::insert_queued(conn, &fresh).await?;
+        if inserted.len() != fresh.len() {
+            // Another replica wrote the same key between the look-up and the insert: its
+            // round committed first, so a retry finds that lease.
+            return Err(ApiError::conflict(
+                "idempotency-race",
+                "a request with this Idempotency-Key was being handled by another replica; retry it",
+            ));
+        }
+
+        // Place.
+        let queue = db::leases::queued(conn, MAX_QUEUE).await?;
+        let free = db::leases::free_machines(conn).await?;
+        let mut holdings = Holdings::default();
+        for h in db::leases::held(conn).await? {
+            *holdings.by_donation.entry(h.donation_id).or_default() += h.count;
+            *holdings.by_donor.entry(h.donor_id).or_default() += h.count;
+            *holdings.by_tenant.entry(h.tenant).or_default() += h.count;
+        }
+        let waiting = queue.iter().map(|l| (waiting_of(l), l.demand())).collect();
+        let planned = placement::plan(waiting, &free, holdings, |t| weights.get(t).copied().unwrap_or(1.0), Utc::now());
+        let planned_ids: HashSet<LeaseId> = planned.iter().map(|(id, _)| *id).collect();
+
+        // New requests left waiting: refused if no machine in the inventory could ever take them.
+        let mut refused: HashMap<LeaseId, String> = HashMap::new();
+        let unplaced: Vec<&NewLease> = fresh.iter().filter(|l| !planned_ids.contains(&l.id)).collect();
+        if !unplaced.is_empty() {
+            let inventory = db::leases::inventory(conn).await?;
+            for lease in unplaced {
+                if let Some(reason) = placement::unsatisfiable(&inventory, &lease.demand()) {
+                    refused.insert(lease.id, reason);
+                }
+            }
+            let ids: Vec<LeaseId> = refused.keys().copied().collect();
+            db::leases::delete(conn, &ids).await?;
+        }
+
+        let grants: Vec<Grant> = planned
+            .iter()
+            .map(|(lease, i)| Grant {
+                lease: *lease,
+                machine: free[*i].machine_id,
+                donation: free[*i].donation_id,
+                donor: free[*i].donor_id,
+            })
+            .collect();
+        let granted = db::leases::grant(conn, &grants).await?;
+        let granted_count = granted.len();
+        // Requests that would not wait (`max_wait_minutes: 0`) and got nothing fail now.
+        let gave_up = db::leases::fail_overdue(conn).await?;
+
+        // The new requests as they now stand.
+        let mut now_standing: HashMap<LeaseId, Lease> = granted.into_iter().chain(gave_up).map(|l| (l.id, l)).collect();
+        for lease in &queue {
+            now_standing.entry(lease.id).or_insert_with(|| lease.clone());
+        }
+        let mut written: Vec<Result<Lease, ApiError>> = Vec::with_capacity(fresh.len());
+        for lease in &fresh {
+            written.push(if let Some(reason) = refused.remove(&lease.id) {
+                Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsatisfiable", reason))
+            } else if let Some(standing) = now_standing.remove(&lease.id) {
+                Ok(standing)
+            } else {
+                // Beyond the part of the queue this round read: as written.
+                db::leases::find(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))
+            });
+        }
+        let answers = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Answered(answer) => *answer,
+                Slot::Fresh(i) => shared(&written[i]).map(Answer::Accepted),
+                Slot::Repeat(i) => shared(&written[i]).map(Answer::Replayed),
+            })
+            .collect();
+        Ok(Report { answers, granted: granted_count, expired, lost, overdue })
+    })
+    .await
+}
+
+/// Leases already made with the keys these requests carry.
+async fn known_keys(
+    conn: &mut AsyncPgConnection,
+    new: &[NewLease],
+) -> Result<HashMap<(uuid::Uuid, String), Lease>, ApiError> {
+    let mut by_holder: HashMap<uuid::Uuid, Vec<String>> = HashMap::new();
+    for lease in new {
+        if let Some(key) = &lease.idempotency_key {
+            by_holder.entry(lease.holder_id).or_default().push(key.clone());
+        }
+    }
+    let mut known = HashMap::new();
+    for (holder, keys) in by_holder {
+        for lease in db::leases::by_keys(conn, holder, &keys).await? {
+            let key = lease.idempotency_key.clone().unwrap_or_default();
+            known.insert((holder, key), lease);
+        }
+    }
+    Ok(known)
+}
+
+/// A retry gets the lease its key made, provided it asks for the same thing.
+fn replay(existing: Lease, retry: &NewLease) -> Result<Answer, ApiError> {
+    if existing.request_hash == retry.request_hash { Ok(Answer::Replayed(existing)) } else { Err(key_reused()) }
+}
+
+fn shared(written: &Result<Lease, ApiError>) -> Result<Lease, ApiError> {
+    match written {
+        Ok(lease) => Ok(lease.clone()),
+        Err(e) => Err(e.to_shared()),
+    }
+}
+
+fn key_reused() -> ApiError {
+    ApiError::invalid_field("Idempotency-Key", "was already used for a different request; use a new key")
+}
+
+fn waiting_of(lease: &Lease) -> Waiting {
+    Waiting { id: lease.id, tenant: lease.tenant.clone(), priority: lease.priority, queued_at: lease.queued_at }
+}
+
+/// The state a lease must be in for `want`, or why not.
+pub fn ensure_state(lease: &Lease, want: &[LeaseState]) -> Result<(), ApiError> {
+    if want.contains(&lease.state) {
+        return Ok(());
+    }
+    Err(ApiError::conflict("lease-state", format!("the lease is {}; this needs it {}", lease.state, join(want))))
+}
+
+fn join(states: &[LeaseState]) -> String {
+    states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+}

@@ -1,0 +1,372 @@
+//! Leases: granted with connection details, queued with an honest estimate, refused with the
+//! reason, idempotent, within donors' windows and caps, fair between tenants, reclaimed when
+//! they expire, and never double-booked across replicas.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, Utc};
+use diesel_async::RunQueryDsl;
+use fleetyard_tests::fixtures::{World, pool_machine};
+use fleetyard_tests::{Response, TestApp};
+use serde_json::{Value, json};
+
+fn runner(arch: &str, tenant: &str) -> Value {
+    json!({ "requirements": { "arch": arch }, "purpose": "ci", "duration_minutes": 60, "tenant": tenant })
+}
+
+async fn ask(app: &TestApp, token: &str, body: Value) -> Response {
+    app.post("/api/v1/leases", token, body).await
+}
+
+async fn lab_pool(app: &TestApp, w: &World, arch: &str, count: usize) -> Vec<String> {
+    let machines = (0..count).map(|i| pool_machine(arch, &format!("L-{arch}-{i}"), 8, 16)).collect();
+    app.ready_pool(w, "ownership", None, machines).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_runner_is_granted_with_connection_details_then_the_next_one_waits_its_turn() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let pool = lab_pool(&app, &w, "riscv64", 1).await;
+
+    let first = ask(&app, &w.ci, runner("riscv64", "sig-riscv")).await.expect(201);
+    assert_eq!(first.body["state"], "granted");
+    assert_eq!(first.body["machine_id"], json!(pool[0]));
+    assert_eq!(first.body["connection"], json!({ "host": "192.0.2.10", "port": 2222, "user": "runner" }));
+    let granted_at: chrono::DateTime<Utc> = serde_json::from_value(first.body["granted_at"].clone()).unwrap();
+    let expires_at: chrono::DateTime<Utc> = serde_json::from_value(first.body["expires_at"].clone()).unwrap();
+    assert_eq!(expires_at - granted_at, chrono::Duration::minutes(60));
+
+    // The only riscv64 machine is taken: the next request queues, first in line, with the
+    // first lease's expiry as its estimate.
+    let second = ask(&app, &w.ci, runner("riscv64", "sig-riscv")).await.expect(202);
+    assert_eq!(second.body["state"], "queued");
+    assert_eq!(second.body["connection"], json!(null));
+    assert_eq!(second.body["queue"]["position"], 1);
+    assert_eq!(second.body["queue"]["estimated_start_at"], first.body["expires_at"]);
+
+    // Releasing the first hands the machine to the second; a long poll sees it happen.
+    let second_id = second.body["id"].as_str().unwrap();
+    let released =
+        app.post(&format!("/api/v1/leases/{}/release", first.body["id"].as_str().unwrap()), &w.ci, json!({})).await;
+    assert_eq!(released.expect(200).body["state"], "released");
+    let waited = app.get(&format!("/api/v1/leases/{second_id}?wait=10"), &w.ci).await.expect(200);
+    assert_eq!(waited.body["state"], "granted");
+    assert_eq!(waited.body["machine_id"], json!(pool[0]));
+
+    // The holder sees its leases; the donor of the machine sees the lease on it.
+    let mine = app.get("/api/v1/leases?state=granted", &w.ci).await.expect(200);
+    assert_eq!(mine.body["items"].as_array().unwrap().len(), 1);
+    let donors_view = app.get(&format!("/api/v1/leases/{second_id}"), &w.a.token).await.expect(200);
+    assert_eq!(donors_view.body["machine_id"], json!(pool[0]));
+    app.get(&format!("/api/v1/leases/{second_id}"), &w.b.token).await.expect(404);
+    // A donor may look but not give the lease back.
+    app.post(&format!("/api/v1/leases/{second_id}/release"), &w.a.token, json!({})).await.expect(403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_request_is_refused_with_the_reason_and_bad_input_names_the_field() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    app.ready_pool(&w, "ownership", None, vec![pool_machine("loongarch64", "LA-1", 32, 128)]).await;
+    let before = app.row_counts().await;
+
+    let mut huge = runner("loongarch64", "sig-la");
+    huge["requirements"]["min_memory_gib"] = json!(256);
+    let refused = ask(&app, &w.ci, huge).await.expect(422);
+    assert_eq!(refused.code(), "unsatisfiable");
+    assert_eq!(refused.body["message"], "no loongarch64 machine has 256 GiB of memory");
+
+    let refused = ask(&app, &w.ci, runner("aarch64", "sig-arm")).await.expect(422);
+    assert_eq!(refused.body["message"], "there is no aarch64 machine in the inventory");
+
+    let bad = ask(
+        &app,
+        &w.ci,
+        json!({
+            "requirements": { "arch": "riscv64", "min_cores": -1 }, "purpose": "ci", "duration_minutes": 0,
+            "tenant": "SIG Riscv", "priority": 101, "ssh_public_key": "not a key"
+        }),
+    )
+    .await
+    .expect(422);
+    assert_eq!(bad.fields(), ["requirements.min_cores", "duration_minutes", "priority", "tenant", "ssh_public_key"]);
+    let unknown = ask(
+        &app,
+        &w.ci,
+        json!({ "requirements": { "arch": "mips" }, "purpose": "ci", "duration_minutes": 5, "tenant": "t" }),
+    )
+    .await;
+    assert_eq!(unknown.expect(422).fields(), ["requirements.arch"]);
+    assert_eq!(app.row_counts().await, before, "nothing was written");
+
+    // Donors and agents do not hold leases.
+    ask(&app, &w.a.token, runner("loongarch64", "sig-la")).await.expect(403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_gets_the_same_lease() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    lab_pool(&app, &w, "x86_64", 3).await;
+
+    let send = |key: &'static str, body: Value| {
+        let app = &app;
+        let token = w.ci.clone();
+        async move {
+            let response = app
+                .client
+                .post(format!("{}/api/v1/leases", app.base_url))
+                .bearer_auth(token)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let replayed = response.headers().get("idempotent-replayed").is_some();
+            let status = response.status().as_u16();
+            (status, replayed, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, replayed, first) = send("build-1234-attempt", runner("x86_64", "ci-gate")).await;
+    assert_eq!((status, replayed), (201, false));
+    let (status, replayed, again) = send("build-1234-attempt", runner("x86_64", "ci-gate")).await;
+    assert_eq!((status, replayed), (200, true));
+    assert_eq!(again["id"], first["id"]);
+
+    // The same key for a different request is a mistake, named as such.
+    let (status, _, body) = send("build-1234-attempt", runner("x86_64", "other-tenant")).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["details"]["errors"][0]["field"], "Idempotency-Key");
+
+    // Ten concurrent retries of a new key make one lease between them.
+    let tries: Vec<_> = (0..10).map(|_| send("build-5678", runner("x86_64", "ci-gate"))).collect();
+    let answers = futures_util::future::join_all(tries).await;
+    let ids: std::collections::HashSet<String> =
+        answers.iter().map(|(_, _, body)| body["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    let listed = app.get("/api/v1/leases", &w.ci).await.expect(200);
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 2);
+}
+
+/// The weekday of `now` in `zone`, as the API spells it.
+fn weekday_in(zone: chrono_tz::Tz, offset_days: i64) -> &'static str {
+    let day = (Utc::now().with_timezone(&zone) + chrono::Duration::days(offset_days)).weekday();
+    ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][day.num_days_from_monday() as usize]
+}
+
+fn policy(zone: &str, days: &[&str], cap: i64) -> Value {
+    json!({
+        "purposes": ["ci"], "time_zone": zone,
+        "windows": [{ "days": days, "start": "00:00", "end": "24:00" }],
+        "max_concurrent_leases": cap, "max_lease_minutes": 240
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn donor_time_windows_are_read_in_each_donors_time_zone_and_caps_hold() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    // Kiritimati (UTC+14) and Pago Pago (UTC-11) are 25 hours apart: whatever the hour, the day
+    // it is in Kiritimati is not the day it is in Pago Pago. Both donors open "today, and
+    // tomorrow" by Kiritimati's calendar.
+    let kiritimati = chrono_tz::Pacific::Kiritimati;
+    let days = [weekday_in(kiritimati, 0), weekday_in(kiritimati, 1)];
+    let east = app
+        .ready_pool(
+            &w,
+            "usage_right",
+            Some(policy("Pacific/Kiritimati", &days, 1)),
+            vec![pool_machine("riscv64", "E-1", 4, 8), pool_machine("riscv64", "E-2", 4, 8)],
+        )
+        .await;
+    // Pago Pago's donor opens only the day after tomorrow, by its own calendar.
+    let pago = chrono_tz::Pacific::Pago_Pago;
+    let west = app
+        .ready_pool(
+            &w,
+            "usage_right",
+            Some(policy("Pacific/Pago_Pago", &[weekday_in(pago, 2)], 5)),
+            vec![pool_machine("riscv64", "W-1", 4, 8)],
+        )
+        .await;
+
+    // Open in Kiritimati: granted there.
+    let first = ask(&app, &w.ci, runner("riscv64", "sig-riscv")).await.expect(201);
+    assert!(east.contains(&first.body["machine_id"].as_str().unwrap().to_owned()));
+    // Kiritimati's donor allows one lease at a time and Pago Pago's window is shut: the next one
+    // queues (it could be granted later) rather than being refused.
+    let second = ask(&app, &w.ci, runner("riscv64", "sig-riscv")).await.expect(202);
+    assert_eq!(second.body["state"], "queued");
+    assert!(!west.is_empty());
+
+    // Longer than any donor allows: refused, saying so.
+    let mut long = runner("riscv64", "sig-riscv");
+    long["duration_minutes"] = json!(300);
+    let refused = ask(&app, &w.ci, long).await.expect(422);
+    assert_eq!(
+        refused.body["message"],
+        "no donor of a matching riscv64 machine allows a lease of 300 minutes (the longest allowed is 240)"
+    );
+    // A purpose no donor allows: refused.
+    let mut build = runner("riscv64", "sig-riscv");
+    build["purpose"] = json!("build");
+    assert_eq!(ask(&app, &w.ci, build).await.expect(422).code(), "unsatisfiable");
+    // Release work wants the foundation's lab; there is no riscv64 machine there.
+    let mut release = runner("riscv64", "release");
+    release["trusted_only"] = json!(true);
+    assert_eq!(
+        ask(&app, &w.ci, release).await.expect(422).body["message"],
+        "no riscv64 machine is in the foundation's lab (trusted_only)"
+    );
+
+    // Extending stays within the donor's 240 minutes.
+    let id = first.body["id"].as_str().unwrap();
+    let extended = app.post(&format!("/api/v1/leases/{id}/extend"), &w.ci, json!({ "minutes": 120 })).await.expect(200);
+    assert_eq!(extended.body["state"], "granted");
+    let over = app.post(&format!("/api/v1/leases/{id}/extend"), &w.ci, json!({ "minutes": 61 })).await.expect(409);
+    assert_eq!(over.code(), "lease-limit");
+
+    // A request that will not wait fails at once when nothing is free for it now.
+    let mut impatient = runner("riscv64", "sig-riscv");
+    impatient["max_wait_minutes"] = json!(0);
+    let failed = ask(&app, &w.ci, impatient).await.expect(200);
+    assert_eq!(failed.body["state"], "failed");
+    assert_eq!(failed.body["end_reason"], "no machine became free before its deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_machine_goes_to_the_tenant_holding_less() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    lab_pool(&app, &w, "aarch64", 2).await;
+    let a1 = ask(&app, &w.ci, runner("aarch64", "sig-a")).await.expect(201);
+    ask(&app, &w.ci, runner("aarch64", "sig-a")).await.expect(201);
+    // sig-a holds both machines and queues two more; then sig-b asks once.
+    ask(&app, &w.ci, runner("aarch64", "sig-a")).await.expect(202);
+    ask(&app, &w.ci, runner("aarch64", "sig-a")).await.expect(202);
+    let b = ask(&app, &w.ci, runner("aarch64", "sig-b")).await.expect(202);
+    assert_eq!(b.body["queue"]["position"], 3, "by priority and age it is third");
+
+    app.post(&format!("/api/v1/leases/{}/release", a1.body["id"].as_str().unwrap()), &w.ci, json!({}))
+        .await
+        .expect(200);
+    let b = app.get(&format!("/api/v1/leases/{}?wait=10", b.body["id"].as_str().unwrap()), &w.ci).await.expect(200);
+    assert_eq!(b.body["state"], "granted", "sig-a still holds one machine, sig-b none: sig-b goes first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_leases_are_reclaimed_and_their_machines_granted_again() {
+    // No rounds on a timer: this test runs the round itself.
+    let app = TestApp::spawn_with(|c| c.scheduler_tick_millis = 3_600_000).await;
+    let w = app.world().await;
+    lab_pool(&app, &w, "x86_64", 1).await;
+    let first = ask(&app, &w.ci, runner("x86_64", "ci-gate")).await.expect(201);
+    let second = ask(&app, &w.ci, runner("x86_64", "ci-gate")).await.expect(202);
+
+    // The first lease's hour passes.
+    let mut conn = app.pool().get().await.unwrap();
+    diesel::sql_query("UPDATE leases SET expires_at = now() - interval '1 second' WHERE state = 'granted'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let report = fleetyard::scheduler::round(&mut conn, &app.state.config, Vec::new()).await.unwrap();
+    assert_eq!((report.expired, report.granted), (1, 1));
+
+    let first = app.get(&format!("/api/v1/leases/{}", first.body["id"].as_str().unwrap()), &w.ci).await.expect(200);
+    assert_eq!(first.body["state"], "expired");
+    assert_eq!(first.body["end_reason"], "its time ran out");
+    let second = app.get(&format!("/api/v1/leases/{}", second.body["id"].as_str().unwrap()), &w.ci).await.expect(200);
+    assert_eq!(second.body["state"], "granted");
+    app.post(&format!("/api/v1/leases/{}/extend", first.body["id"].as_str().unwrap()), &w.ci, json!({ "minutes": 5 }))
+        .await
+        .expect(409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_across_three_replicas_never_double_book_a_machine() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let machines = 20;
+    let pool = lab_pool(&app, &w, "riscv64", machines).await;
+    let replicas = [app.replica(), app.replica()];
+    let servers: Vec<&TestApp> = std::iter::once(&app).chain(replicas.iter()).collect();
+
+    // 60 clients, 2 requests each, spread over the three servers.
+    let clients: Vec<_> = (0..60)
+        .map(|i| {
+            let server = servers[i % 3];
+            let token = w.ci.clone();
+            async move {
+                let mut statuses = Vec::new();
+                for _ in 0..2 {
+                    let mut body = runner("riscv64", if i % 2 == 0 { "sig-a" } else { "sig-b" });
+                    body["max_wait_minutes"] = json!(0);
+                    statuses.push(ask(server, &token, body).await.status);
+                }
+                statuses
+            }
+        })
+        .collect();
+    let statuses: Vec<u16> = futures_util::future::join_all(clients).await.into_iter().flatten().collect();
+    let granted = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(granted, machines, "every machine granted once: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 201 || *s == 200), "the rest failed at once (no waiting): {statuses:?}");
+
+    #[derive(diesel::QueryableByName, Debug)]
+    struct Booking {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        machine_id: uuid::Uuid,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        leases: i64,
+    }
+    let mut conn = app.pool().get().await.unwrap();
+    let bookings: Vec<Booking> = diesel::sql_query(
+        "SELECT machine_id, count(*) AS leases FROM leases WHERE state = 'granted' GROUP BY machine_id",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert!(bookings.iter().all(|b| b.leases == 1), "{bookings:?}");
+    let booked: std::collections::HashSet<String> = bookings.iter().map(|b| b.machine_id.to_string()).collect();
+    assert_eq!(booked, pool.into_iter().collect(), "each machine booked once");
+    let per_tenant: HashMap<String, usize> =
+        app.get("/api/v1/leases?state=granted&limit=200", &w.admin).await.expect(200).body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold(HashMap::new(), |mut m, l| {
+                *m.entry(l["tenant"].as_str().unwrap().to_owned()).or_default() += 1;
+                m
+            });
+    assert_eq!(per_tenant.values().sum::<usize>(), machines);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_leaving_the_pool_ends_its_lease_and_takes_no_new_one() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let pool = lab_pool(&app, &w, "x86_64", 1).await;
+    let lease = ask(&app, &w.ci, runner("x86_64", "ci-gate")).await.expect(201);
+    let id = lease.body["id"].as_str().unwrap();
+
+    app.put(&format!("/api/v1/machines/{}/maintenance", pool[0]), &w.admin, json!({ "reason": "fan" }))
+        .await
+        .expect(200);
+    let mut ended = Value::Null;
+    for _ in 0..50 {
+        ended = app.get(&format!("/api/v1/leases/{id}"), &w.ci).await.expect(200).body;
+        if ended["state"] != "granted" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended["state"], "failed");
+    assert_eq!(ended["end_reason"], "its machine left the pool (maintenance)");
+
+    // In maintenance it takes no lease, but it is still inventory: the request waits.
+    let waiting = ask(&app, &w.ci, runner("x86_64", "ci-gate")).await.expect(202);
+    app.delete(&format!("/api/v1/machines/{}/maintenance", pool[0]), &w.admin).await.expect(200);
+    let granted = app.get(&format!("/api/v1/leases/{}?wait=10", waiting.body["id"].as_str().unwrap()), &w.ci).await;
+    assert_eq!(granted.expect(200).body["state"], "granted");
+}

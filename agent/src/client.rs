@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use ureq::Agent;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 
@@ -42,6 +42,21 @@ pub struct Credential {
 #[derive(Debug, Deserialize)]
 pub struct HeartbeatAck {
     pub heartbeat_interval_secs: u64,
+}
+
+/// What the server wants the machine to do (`GET /agent/work`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Work {
+    pub version: String,
+    pub leases: Vec<LeaseWork>,
+}
+
+/// A lease this machine holds: whose key to let in, until when (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseWork {
+    pub lease_id: String,
+    pub ssh_public_key: Option<String>,
+    pub expires_at: String,
 }
 
 pub struct Client {
@@ -95,6 +110,21 @@ impl Client {
         self.post("/api/v1/agent/heartbeat", Some(credential), &body)
     }
 
+    /// What the machine should be doing; waits up to `wait_secs` for a version other than
+    /// `since`.
+    pub fn work(&self, credential: &str, since: Option<&str>, wait_secs: u64) -> Result<Work, CallError> {
+        let mut request = self
+            .agent
+            .get(format!("{}/api/v1/agent/work", self.server))
+            .header("Authorization", format!("Bearer {credential}"))
+            .query("wait", wait_secs.to_string());
+        if let Some(since) = since {
+            request = request.query("since", since);
+        }
+        let response = request.call().map_err(|e| CallError::Transport(e.to_string()))?;
+        read(response)
+    }
+
     pub fn renew(&self, credential: &str) -> Result<Credential, CallError> {
         self.post("/api/v1/agent/credential", Some(credential), &serde_json::json!({}))
     }
@@ -109,19 +139,24 @@ impl Client {
         if let Some(credential) = credential {
             request = request.header("Authorization", format!("Bearer {credential}"));
         }
-        let mut response = request.send_json(body).map_err(|e| CallError::Transport(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body = response.body_mut().with_config().limit(64 * 1024);
-        if (200..300).contains(&status) {
-            body.read_json::<T>().map_err(|e| CallError::Transport(format!("unreadable answer: {e}")))
-        } else {
-            let text = body.read_to_string().unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            Err(CallError::Refused { status, message })
-        }
+        let response = request.send_json(body).map_err(|e| CallError::Transport(e.to_string()))?;
+        read(response)
+    }
+}
+
+/// The answer's JSON, or the server's refusal with its message.
+fn read<T: DeserializeOwned>(mut response: ureq::http::Response<ureq::Body>) -> Result<T, CallError> {
+    let status = response.status().as_u16();
+    let body = response.body_mut().with_config().limit(64 * 1024);
+    if (200..300).contains(&status) {
+        body.read_json::<T>().map_err(|e| CallError::Transport(format!("unreadable answer: {e}")))
+    } else {
+        let text = body.read_to_string().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        Err(CallError::Refused { status, message })
     }
 }
 

@@ -16,6 +16,9 @@ struct File {
     ca_file: Option<PathBuf>,
     /// The file system whose size and use are reported.
     disk_path: Option<PathBuf>,
+    /// The account lease holders log in as (the machine's SSH user in Fleetyard). Unset: no
+    /// lease keys are let in.
+    lease_user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -25,6 +28,7 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub ca_file: Option<PathBuf>,
     pub disk_path: PathBuf,
+    pub lease_user: Option<String>,
 }
 
 impl Settings {
@@ -34,6 +38,7 @@ impl Settings {
         server: Option<String>,
         state_dir: Option<PathBuf>,
         ca_file: Option<PathBuf>,
+        lease_user: Option<String>,
     ) -> Result<Self, String> {
         let file = match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str::<File>(&text).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -45,6 +50,7 @@ impl Settings {
             state_dir: state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             ca_file: ca_file.or(file.ca_file),
             disk_path: file.disk_path.unwrap_or_else(|| "/".into()),
+            lease_user: lease_user.or(file.lease_user),
         })
     }
 }

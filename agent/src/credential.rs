@@ -38,9 +38,13 @@ pub fn save(state_dir: &Path, stored: &Stored) -> Result<(), String> {
         .mode(0o700)
         .create(state_dir)
         .map_err(|e| format!("creating {}: {e}", state_dir.display()))?;
-    let file = path(state_dir);
-    let temporary = file.with_extension("json.new");
     let json = serde_json::to_vec_pretty(stored).map_err(|e| e.to_string())?;
+    write_private(&path(state_dir), &json)
+}
+
+/// Replaces `file` atomically (write beside it, sync, rename) with a file of mode 0600.
+pub fn write_private(file: &Path, bytes: &[u8]) -> Result<(), String> {
+    let temporary = file.with_extension("new");
     let mut out = OpenOptions::new()
         .write(true)
         .create(true)
@@ -48,8 +52,8 @@ pub fn save(state_dir: &Path, stored: &Stored) -> Result<(), String> {
         .mode(0o600)
         .open(&temporary)
         .map_err(|e| format!("writing {}: {e}", temporary.display()))?;
-    out.write_all(&json).and_then(|()| out.sync_all()).map_err(|e| format!("writing {}: {e}", temporary.display()))?;
-    fs::rename(&temporary, &file).map_err(|e| format!("saving {}: {e}", file.display()))
+    out.write_all(bytes).and_then(|()| out.sync_all()).map_err(|e| format!("writing {}: {e}", temporary.display()))?;
+    fs::rename(&temporary, file).map_err(|e| format!("saving {}: {e}", file.display()))
 }
 
 impl Stored {

@@ -1,12 +1,14 @@
 //! `fleetyard-agent`: enrolls a machine with Fleetyard once, then reports its health by
-//! heartbeat until stopped. Small and frugal: one thread does the work, blocking I/O, no async
-//! runtime; pure Rust throughout so it builds for riscv64 and loongarch64.
+//! heartbeat and takes its work (leases' SSH keys) until stopped. Small and frugal: two
+//! threads, blocking I/O, no async runtime; pure Rust throughout so it builds for riscv64 and
+//! loongarch64.
 
 mod client;
 mod config;
 mod credential;
 mod facts;
 mod run;
+mod work;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,9 @@ struct Cli {
     /// PEM file of CA certificates to trust instead of the built-in Mozilla roots.
     #[arg(long, global = true)]
     ca_file: Option<PathBuf>,
+    /// The account lease holders log in as (the machine's SSH user in Fleetyard).
+    #[arg(long, global = true)]
+    lease_user: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,15 +52,18 @@ enum Command {
         #[arg(long, env = "FLEETYARD_ENROLLMENT_TOKEN")]
         token: String,
     },
-    /// Send heartbeats until SIGTERM or SIGINT.
+    /// Send heartbeats and take work (leases' SSH keys) until SIGTERM or SIGINT.
     Run,
+    /// For sshd's `AuthorizedKeysCommand ... authorized-keys %u`: print the SSH keys of this
+    /// machine's current leases if USER is the lease account.
+    AuthorizedKeys { user: String },
     /// Print the facts and metrics a heartbeat would carry, as JSON.
     Facts,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match config::Settings::load(&cli.config, cli.server, cli.state_dir, cli.ca_file) {
+    let settings = match config::Settings::load(&cli.config, cli.server, cli.state_dir, cli.ca_file, cli.lease_user) {
         Ok(settings) => settings,
         Err(e) => {
             say!("error", "{e}");
@@ -65,6 +73,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Enroll { token } => run::enroll(&settings, &token),
         Command::Run => run::heartbeats(&settings),
+        Command::AuthorizedKeys { user } => {
+            work::print_authorized_keys(&settings.state_dir, settings.lease_user.as_deref(), &user)
+        }
         Command::Facts => facts::collect(&settings.disk_path).and_then(|(facts, metrics)| {
             let json = serde_json::json!({ "facts": facts, "metrics": metrics });
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);

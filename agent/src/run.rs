@@ -3,8 +3,8 @@
 //! than once a minute), credential renewal, and a clean stop on SIGTERM or SIGINT.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +15,7 @@ use crate::client::{CallError, Client, Credential};
 use crate::config::Settings;
 use crate::credential::{self, Stored};
 use crate::facts;
-use crate::say;
+use crate::{say, work};
 
 /// The longest wait between attempts while the server is unreachable. After an outage of its
 /// own the server waits this long for agents to come back before it judges their silence
@@ -53,6 +53,8 @@ struct Keeper<'a> {
     state_dir: &'a Path,
     server: String,
     stored: Stored,
+    /// The credential in use, shared with the work thread.
+    shared: Arc<Mutex<String>>,
     /// A renewed credential the disk would not take yet: kept in memory, saved again later.
     unsaved: bool,
     next_renewal: Instant,
@@ -70,6 +72,7 @@ impl Keeper<'_> {
         match client.renew(&self.stored.credential) {
             Ok(fresh) => {
                 self.stored = stored(&self.server, &fresh);
+                self.share();
                 self.unsaved = true;
                 self.save();
                 say!("info", "renewed the machine credential");
@@ -83,6 +86,10 @@ impl Keeper<'_> {
                 say!("warn", "could not renew the machine credential: {e}");
             }
         }
+    }
+
+    fn share(&self) {
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = self.stored.credential.clone();
     }
 
     fn save(&mut self) {
@@ -104,6 +111,7 @@ impl Keeper<'_> {
             Ok(on_disk) if on_disk.credential != self.stored.credential => {
                 say!("info", "the credential was refused; using the newer one in {}", self.state_dir.display());
                 self.stored = on_disk;
+                self.share();
                 true
             }
             _ => false,
@@ -117,8 +125,15 @@ pub fn heartbeats(settings: &Settings) -> Result<(), String> {
     let client = Client::new(&server, settings.ca_file.as_deref())?;
     let stop = stop_on_signals()?;
     say!("info", "reporting for machine {} to {server}", stored.machine_id);
+    let shared = Arc::new(Mutex::new(stored.credential.clone()));
+    work::start(
+        Client::new(&server, settings.ca_file.as_deref())?,
+        settings.state_dir.clone(),
+        shared.clone(),
+        stop.clone(),
+    );
     let mut keeper =
-        Keeper { state_dir: &settings.state_dir, server, stored, unsaved: false, next_renewal: Instant::now() };
+        Keeper { state_dir: &settings.state_dir, server, stored, shared, unsaved: false, next_renewal: Instant::now() };
 
     let mut interval = Duration::from_secs(10);
     let mut failures: u32 = 0;

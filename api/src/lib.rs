@@ -19,6 +19,7 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod views;
+pub mod work;
 
 pub use config::Config;
 pub use state::AppState;

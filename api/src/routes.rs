@@ -59,6 +59,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     cfg.service(
         scope("/api/v1")
             .service(agent::heartbeat)
+            .service(agent::agent_work)
             .service(agent::enroll)
             .service(agent::renew_credential)
             .service(system::ssh_public_key)

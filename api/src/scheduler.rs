@@ -34,7 +34,7 @@ use crate::db;
 use crate::db::leases::{Grant, Lease, NewLease};
 use crate::domain::placement::{self, Holdings};
 use crate::domain::queue::Waiting;
-use crate::domain::{LeaseId, LeaseState};
+use crate::domain::{LeaseId, LeaseState, MachineId};
 use crate::error::ApiError;
 
 /// The most requests one round takes in; the rest wait for the next.
@@ -172,8 +172,11 @@ pub async fn round(conn: &mut AsyncPgConnection, config: &Config, new: Vec<NewLe
     let weights = config.tenant_weights.clone();
     conn.transaction::<_, ApiError, _>(async move |conn| {
         db::leases::lock_placement(conn).await?;
-        let expired = db::leases::reclaim_expired(conn).await?.len();
-        let lost = db::leases::fail_lost(conn).await?.len();
+        let expired = db::leases::reclaim_expired(conn).await?;
+        let lost = db::leases::fail_lost(conn).await?;
+        let ended: Vec<MachineId> = expired.iter().chain(&lost).filter_map(|l| l.machine_id).collect();
+        db::leases::announce_work(conn, &ended).await?;
+        let (expired, lost) = (expired.len(), lost.len());
         let overdue = db::leases::fail_overdue(conn).await?.len();
 
         // Retries: a key its holder already used answers with that lease.
@@ -252,6 +255,8 @@ pub async fn round(conn: &mut AsyncPgConnection, config: &Config, new: Vec<NewLe
             .collect();
         let granted = db::leases::grant(conn, &grants).await?;
         let granted_count = granted.len();
+        let busy: Vec<MachineId> = granted.iter().filter_map(|l| l.machine_id).collect();
+        db::leases::announce_work(conn, &busy).await?;
         // Requests that would not wait (`max_wait_minutes: 0`) and got nothing fail now.
         let gave_up = db::leases::fail_overdue(conn).await?;
 

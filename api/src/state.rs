@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::heartbeats::HeartbeatIngest;
 use crate::probe::{self, SshLimits, SshProber};
 use crate::scheduler::Scheduler;
+use crate::work::WorkBell;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -28,6 +29,8 @@ pub struct AppState {
     pub ssh_limits: Arc<SshLimits>,
     /// This replica's lease scheduler task.
     pub scheduler: Arc<Scheduler>,
+    /// Wakes agents' long polls when their machine's work changes.
+    pub work_bell: Arc<WorkBell>,
     ssh_key: Arc<OnceCell<SshKey>>,
 }
 
@@ -59,6 +62,7 @@ impl AppState {
             ssh_limits: Arc::new(SshLimits::new(config.ssh_concurrency, config.ssh_site_concurrency)),
             ssh_key: Arc::new(OnceCell::new()),
             scheduler: Arc::new(Scheduler::start(pool.clone(), config.clone())),
+            work_bell: WorkBell::start(config.database_url.clone()),
             config,
             pool,
         }

@@ -10,6 +10,8 @@ use crate::binary;
 pub struct AgentProcess {
     pub state_dir: TempDir,
     server: String,
+    /// The account leases' SSH keys are for (`--lease-user`).
+    lease_user: Option<String>,
     child: Option<Child>,
 }
 
@@ -17,7 +19,7 @@ impl AgentProcess {
     /// Enrolls with `token` into a fresh state directory.
     pub async fn enroll(server: &str, token: &str) -> AgentProcess {
         let state_dir = tempfile::tempdir().expect("a temporary directory");
-        let agent = AgentProcess { state_dir, server: server.to_owned(), child: None };
+        let agent = AgentProcess { state_dir, server: server.to_owned(), lease_user: None, child: None };
         agent.re_enroll(token).await;
         agent
     }
@@ -38,7 +40,25 @@ impl AgentProcess {
             .arg(self.state_dir.path())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if let Some(user) = &self.lease_user {
+            command.arg("--lease-user").arg(user);
+        }
         command
+    }
+
+    /// Lets leases' SSH keys in for `user` (set before [`start`](Self::start)).
+    pub fn lease_user(&mut self, user: &str) {
+        self.lease_user = Some(user.to_owned());
+    }
+
+    /// What sshd's `AuthorizedKeysCommand` should run to ask this agent for leases' keys.
+    pub fn authorized_keys_command(&self) -> String {
+        let user = self.lease_user.as_deref().expect("a lease user");
+        format!(
+            "{} --state-dir {} --lease-user {user} authorized-keys %u",
+            binary("fleetyard-agent").display(),
+            self.state_dir.path().display()
+        )
     }
 
     /// Starts sending heartbeats.

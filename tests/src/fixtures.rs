@@ -219,23 +219,30 @@ impl TestApp {
 }
 
 impl TestApp {
-    /// Machines registered by donor A in one donation (`usage_right` with `policy`, or the
-    /// foundation-lab `ownership`/`loan`), taken through review and onboarding to `ready`, and
-    /// made healthy by one real heartbeat each and a liveness sweep. Returns their ids.
-    pub async fn ready_pool(&self, w: &World, model: &str, policy: Option<Value>, machines: Vec<Value>) -> Vec<String> {
+    /// Machines registered by donor A in one donation (see [`ready_pool`](Self::ready_pool)),
+    /// reviewed and taken to `ready`, with no heartbeat yet. Returns each machine's id and
+    /// one-time enrollment token.
+    pub async fn onboard(
+        &self,
+        w: &World,
+        model: &str,
+        policy: Option<Value>,
+        machines: Vec<Value>,
+    ) -> Vec<(String, String)> {
         let reference = format!("P-{}", uuid::Uuid::new_v4().simple());
         let form = if model == "usage_right" {
-            let mut form = usage_right_form(&w.a.site_id, &reference, machines.clone());
+            let mut form = usage_right_form(&w.a.site_id, &reference, machines);
             if let Some(policy) = policy {
                 form["usage_policy"] = policy;
             }
             form
         } else {
-            lab_form(model, &w.lab_site, &reference, machines.clone())
+            lab_form(model, &w.lab_site, &reference, machines)
         };
         let created = self.post("/api/v1/donations", &w.a.token, form).await.expect(201);
         let donation = id_of(&created.body);
-        self.post(&format!("/api/v1/donations/{donation}/actions"), &w.admin, json!({ "action": "approve" }))
+        let approved = self
+            .post(&format!("/api/v1/donations/{donation}/actions"), &w.admin, json!({ "action": "approve" }))
             .await
             .expect(200);
         let ids: Vec<String> = created.body["machines"].as_array().unwrap().iter().map(id_of).collect();
@@ -254,6 +261,22 @@ impl TestApp {
                 self.post(&format!("/api/v1/machines/{id}/transitions"), &w.admin, step.clone()).await.expect(200);
             }
         }
+        let tokens = approved.body["enrollment_tokens"].as_array().expect("enrollment tokens");
+        ids.into_iter()
+            .map(|id| {
+                let token = tokens.iter().find(|t| t["machine_id"] == json!(id)).expect("a token per machine");
+                let token = token["token"].as_str().unwrap().to_owned();
+                (id, token)
+            })
+            .collect()
+    }
+
+    /// Machines registered by donor A in one donation (`usage_right` with `policy`, or the
+    /// foundation-lab `ownership`/`loan`), taken through review and onboarding to `ready`, and
+    /// made healthy by one real heartbeat each and a liveness sweep. Returns their ids.
+    pub async fn ready_pool(&self, w: &World, model: &str, policy: Option<Value>, machines: Vec<Value>) -> Vec<String> {
+        let ids: Vec<String> =
+            self.onboard(w, model, policy, machines.clone()).await.into_iter().map(|(id, _)| id).collect();
         for (id, declared) in ids.iter().zip(&machines) {
             let credential = self.agent_token(MachineId(id.parse().unwrap())).await;
             let beat = json!({

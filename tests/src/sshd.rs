@@ -15,13 +15,26 @@ pub struct Sshd {
     pub port: u16,
     /// The user Fleetyard logs in as: whoever runs the tests.
     pub user: String,
+    /// sshd's `AuthorizedKeysCommand`, if any (run as `user`).
+    keys_command: Option<String>,
     dir: TempDir,
     child: Option<Child>,
+}
+
+/// A free loopback port, for a server that must be described before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Sshd {
     /// Starts sshd authorising `authorized_key` (an OpenSSH public-key line).
     pub async fn start(authorized_key: &str) -> Sshd {
+        Self::start_on(free_port(), authorized_key, None).await
+    }
+
+    /// Starts sshd on `port`, authorising `authorized_key` and whatever `keys_command` (sshd's
+    /// `AuthorizedKeysCommand`, `%u` for the user) prints.
+    pub async fn start_on(port: u16, authorized_key: &str, keys_command: Option<String>) -> Sshd {
         assert!(std::path::Path::new(SSHD).exists(), "{SSHD} is missing; deploy/test installs Debian's openssh-server");
         let dir = tempfile::tempdir().expect("a temporary directory");
         std::fs::write(dir.path().join("authorized_keys"), format!("{authorized_key}\n")).unwrap();
@@ -29,9 +42,8 @@ impl Sshd {
         if rustix_is_root() {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let user = current_user();
-        let mut sshd = Sshd { port, user, dir, child: None };
+        let mut sshd = Sshd { port, user, keys_command, dir, child: None };
         sshd.new_host_key().await;
         sshd.write_config();
         sshd.run().await;
@@ -66,6 +78,12 @@ impl Sshd {
             pid = self.path("sshd.pid").display(),
             keys = self.path("authorized_keys").display(),
         );
+        let config = match &self.keys_command {
+            Some(command) => {
+                format!("{config}AuthorizedKeysCommand {command}\nAuthorizedKeysCommandUser {}\n", self.user)
+            }
+            None => config,
+        };
         std::fs::write(self.path("sshd_config"), config).unwrap();
     }
 
@@ -114,6 +132,21 @@ impl Sshd {
         self.stop().await;
         self.new_host_key().await;
         self.run().await;
+    }
+
+    /// Whether `ssh` with the private key at `identity` gets in as this server's user.
+    pub async fn lets_in(&self, identity: &std::path::Path) -> bool {
+        Command::new("ssh")
+            .args(["-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=5", "-o", "IdentitiesOnly=yes", "-i"])
+            .arg(identity)
+            .args(["-p", &self.port.to_string(), &format!("{}@127.0.0.1", self.user), "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success())
     }
 
     /// The host key's OpenSSH public line.

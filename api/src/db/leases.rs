@@ -502,3 +502,34 @@ pub async fn queue_standing(conn: &mut AsyncPgConnection, lease: &Lease) -> Quer
         .await?;
     Ok((ahead, ends.into_iter().flatten().collect()))
 }
+
+/// The channel work changes are announced on (see `work.rs`).
+const WORK_CHANNEL: &str = "fleetyard_work";
+
+/// Starts receiving work announcements on this connection.
+pub async fn listen_for_work(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    diesel::sql_query(format!("LISTEN {WORK_CHANNEL}")).execute(conn).await.map(drop)
+}
+
+/// Tells every replica that these machines' work changed; sent when the transaction commits.
+pub async fn announce_work(conn: &mut AsyncPgConnection, machines: &[MachineId]) -> QueryResult<()> {
+    if machines.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = machines.iter().map(|m| m.0).collect();
+    diesel::sql_query(format!("SELECT pg_notify('{WORK_CHANNEL}', id::text) FROM unnest($1::uuid[]) AS id"))
+        .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// The leases a machine holds now (at most one), for its agent.
+pub async fn held_by_machine(conn: &mut AsyncPgConnection, machine: MachineId) -> QueryResult<Vec<Lease>> {
+    leases::table
+        .filter(leases::machine_id.eq(machine))
+        .filter(leases::state.eq(LeaseState::Granted))
+        .select(Lease::as_select())
+        .load(conn)
+        .await
+}

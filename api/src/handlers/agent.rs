@@ -1,15 +1,17 @@
-//! What machine agents call: enroll once with a one-time token, then send heartbeats and
-//! renew their credential.
+//! What machine agents call: enroll once with a one-time token, then send heartbeats, renew
+//! their credential and take their work.
+
+use std::time::Duration as StdDuration;
 
 use actix_web::http::StatusCode;
-use actix_web::{post, web};
+use actix_web::{get, post, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{AgentCaller, TokenKind};
 use crate::db::audit::{self, Actor, Change};
@@ -18,10 +20,10 @@ use crate::db::{self, api_tokens::NewApiToken};
 use crate::domain::facts::{Facts, Metrics, clip};
 use crate::domain::health::is_monitored;
 use crate::domain::health::is_overloaded;
-use crate::domain::{ActorKind, MachineId, Role, TokenId};
+use crate::domain::{ActorKind, LeaseId, MachineId, Role, TokenId};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::Json;
 use crate::extract::parse_json_at;
+use crate::extract::{Json, Query};
 use crate::heartbeats::{facts_hash, raw_hash};
 use crate::monitoring::{self, FactsSource};
 use crate::state::AppState;
@@ -303,4 +305,86 @@ pub async fn renew_credential(
     // Re-read at the next use, with its new end.
     state.agents.evict(&retired);
     Ok(web::Json(credential))
+}
+
+/// A lease the machine holds now: whose SSH key to let in, and until when.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LeaseWork {
+    pub lease_id: LeaseId,
+    /// The holder's OpenSSH public key, if they gave one.
+    pub ssh_public_key: Option<String>,
+    /// Stop letting the key in at this time, even without hearing from Fleetyard again.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What the machine should be doing now. The agent makes it so, and asks again with
+/// `since=version`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentWork {
+    /// Changes whenever anything below does.
+    pub version: String,
+    pub leases: Vec<LeaseWork>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkQuery {
+    /// The version the agent has; the answer waits for a different one.
+    pub since: Option<String>,
+    /// Seconds to wait for a change (long poll), at most 30; default 25.
+    pub wait: Option<u64>,
+}
+
+/// The longest an agent's work poll is held.
+const MAX_WORK_WAIT: StdDuration = StdDuration::from_secs(30);
+
+async fn current_work(state: &AppState, machine: MachineId) -> Result<AgentWork, ApiError> {
+    let mut conn = state.db().await?;
+    let leases: Vec<LeaseWork> = db::leases::held_by_machine(&mut conn, machine)
+        .await?
+        .into_iter()
+        .filter_map(|l| Some(LeaseWork { lease_id: l.id, ssh_public_key: l.ssh_public_key, expires_at: l.expires_at? }))
+        .collect();
+    let digest = Sha256::digest(serde_json::to_vec(&leases).map_err(ApiError::internal)?);
+    Ok(AgentWork { version: hex::encode(&digest[..8]), leases })
+}
+
+#[utoipa::path(
+    tag = "agents",
+    params(WorkQuery),
+    responses((status = 200, body = AgentWork), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+#[get("/agent/work")]
+/// What this machine should be doing: the SSH keys of the leases it holds. With `since`, the
+/// answer waits (up to `wait` seconds) until that changes, and comes the moment it does.
+pub async fn agent_work(
+    state: web::Data<AppState>,
+    agent: AgentCaller,
+    query: Query<WorkQuery>,
+) -> Result<web::Json<AgentWork>, ApiError> {
+    let query = query.into_inner();
+    let wait = StdDuration::from_secs(query.wait.unwrap_or(25)).min(MAX_WORK_WAIT);
+    let machine = agent.machine_id;
+    // Hold the bell before looking, so a change between the look and the wait still rings.
+    let bell = state.work_bell.bell(machine);
+    let mut work = current_work(&state, machine).await;
+    if let Ok(current) = &work
+        && query.since.as_deref() == Some(current.version.as_str())
+        && !wait.is_zero()
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if tokio::time::timeout_at(deadline, bell.notified()).await.is_err() {
+                break;
+            }
+            work = current_work(&state, machine).await;
+            // A ring for a change that undid itself, or for all after a reconnect: wait on.
+            if !matches!(&work, Ok(w) if query.since.as_deref() == Some(w.version.as_str())) {
+                break;
+            }
+        }
+    }
+    state.work_bell.release(machine, bell);
+    work.map(web::Json)
 }

@@ -510,7 +510,9 @@ pub async fn extend_lease(
                 )
                 .with_details(serde_json::json!({ "latest_end": latest })));
             }
-            Ok(db::leases::set_expiry(conn, lease.id, wanted).await?)
+            let extended = db::leases::set_expiry(conn, lease.id, wanted).await?;
+            db::leases::announce_work(conn, extended.machine_id.as_slice()).await?;
+            Ok(extended)
         })
         .await?;
     Ok(web::Json(view(&state, extended).await?))
@@ -544,7 +546,9 @@ pub async fn release_lease(
                 LeaseState::Queued => (LeaseState::Cancelled, format!("withdrawn by {by}")),
                 _ => (LeaseState::Released, format!("released by {by}")),
             };
-            Ok(db::leases::end(conn, lease.id, to, &reason).await?)
+            let ended = db::leases::end(conn, lease.id, to, &reason).await?;
+            db::leases::announce_work(conn, ended.machine_id.as_slice()).await?;
+            Ok(ended)
         })
         .await?;
     state.scheduler.wake();

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, Utc};
 use diesel_async::RunQueryDsl;
-use fleetyard_tests::fixtures::{World, pool_machine};
+use fleetyard_tests::agent::AgentProcess;
+use fleetyard_tests::fixtures::{World, pool_machine, this_host_machine};
+use fleetyard_tests::sshd::{Sshd, free_port};
 use fleetyard_tests::{Response, TestApp};
 use serde_json::{Value, json};
 
@@ -369,4 +371,70 @@ async fn a_machine_leaving_the_pool_ends_its_lease_and_takes_no_new_one() {
     app.delete(&format!("/api/v1/machines/{}/maintenance", pool[0]), &w.admin).await.expect(200);
     let granted = app.get(&format!("/api/v1/leases/{}?wait=10", waiting.body["id"].as_str().unwrap()), &w.ci).await;
     assert_eq!(granted.expect(200).body["state"], "granted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_lease_lets_its_holder_in_over_ssh_at_once_and_out_at_release() {
+    let app = TestApp::spawn_with(|c| c.heartbeat_interval_secs = 1).await;
+    let w = app.world().await;
+
+    // This very host, donated to the lab, reachable over a real sshd that asks a real agent
+    // for the keys of current leases.
+    let port = free_port();
+    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
+    let mut host = this_host_machine("LEASE-1");
+    host["ssh"] = json!({ "host": "127.0.0.1", "port": port, "user": user });
+    let onboarded = app.onboard(&w, "ownership", None, vec![host]).await;
+    let (machine, token) = &onboarded[0];
+    let mut agent = AgentProcess::enroll(&app.base_url, token).await;
+    agent.lease_user(&user);
+    agent.start();
+    let sshd = Sshd::start_on(port, "", Some(agent.authorized_keys_command())).await;
+    for _ in 0..100 {
+        fleetyard::jobs::liveness::sweep(&app.state).await.unwrap();
+        if app.machine(&w, machine).await["health"] == "healthy" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The CI runner's key pair.
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci@runner", "-f"])
+        .arg(&identity)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(identity.with_extension("pub")).unwrap();
+    assert!(!sshd.lets_in(&identity).await, "no lease, no entry");
+
+    let mut request = runner(std::env::consts::ARCH, "ci-gate");
+    request["ssh_public_key"] = json!(public.trim());
+    let asked = std::time::Instant::now();
+    let lease = ask(&app, &w.ci, request).await.expect(201);
+    assert_eq!(lease.body["connection"], json!({ "host": "127.0.0.1", "port": port, "user": user }));
+    let mut usable_after = None;
+    while asked.elapsed() < std::time::Duration::from_secs(10) {
+        if sshd.lets_in(&identity).await {
+            usable_after = Some(asked.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let usable_after = usable_after.expect("the lease's key was let in");
+    assert!(usable_after < std::time::Duration::from_secs(2), "usable after {usable_after:?}, not about a second");
+
+    // Released: the key stops working.
+    app.post(&format!("/api/v1/leases/{}/release", lease.body["id"].as_str().unwrap()), &w.ci, json!({}))
+        .await
+        .expect(200);
+    let released = std::time::Instant::now();
+    while sshd.lets_in(&identity).await {
+        assert!(released.elapsed() < std::time::Duration::from_secs(5), "the key still works after release");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!("lease usable over SSH {usable_after:?} after the request");
+    agent.terminate().await;
 }

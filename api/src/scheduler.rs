@@ -31,8 +31,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::db;
-use crate::db::leases::{Grant, Lease, NewLease};
-use crate::domain::placement::{self, Holdings};
+use crate::db::leases::{Connection, Grant, Lease, NewLease};
+use crate::domain::placement::{self, Candidate, Holdings};
 use crate::domain::queue::Waiting;
 use crate::domain::{LeaseId, LeaseState, MachineId};
 use crate::error::ApiError;
@@ -47,8 +47,8 @@ const MAX_WAITING: usize = 20_000;
 /// What a round answers a request.
 #[derive(Debug)]
 pub enum Answer {
-    /// Written in this round: granted or queued.
-    Accepted(Lease),
+    /// Written in this round: granted (with how to reach the machine) or queued.
+    Accepted(Lease, Option<Connection>),
     /// A retry of a request already written: the lease it made, as it stands.
     Replayed(Lease),
 }
@@ -107,6 +107,7 @@ async fn run(
     rounds: watch::Sender<u64>,
 ) {
     let tick = Duration::from_millis(config.scheduler_tick_millis);
+    let mut snapshot = None;
     loop {
         let mut batch = Vec::new();
         tokio::select! {
@@ -125,7 +126,7 @@ async fn run(
         }
         let (leases, replies): (Vec<NewLease>, Vec<_>) = batch.into_iter().map(|r| (r.lease, r.reply)).unzip();
         let answers = match pool.get().await {
-            Ok(mut conn) => round(&mut conn, &config, leases).await,
+            Ok(mut conn) => round_with(&mut conn, &config, leases, &mut snapshot).await,
             Err(e) => Err(ApiError::from(e)),
         };
         match answers {
@@ -167,126 +168,207 @@ enum Slot {
     Repeat(usize),
 }
 
-/// One placement round for `new` requests (possibly none). Idempotent; tests call it directly.
+/// An epoch no database ever has: the snapshot is read again next round.
+const STALE: i64 = -1;
+
+/// What placement read, kept between rounds while nothing it depends on changed (the
+/// database's placement epoch says so).
+pub struct Snapshot {
+    epoch: i64,
+    /// Free machines, and how to reach each (same order).
+    free: Vec<Candidate>,
+    connections: Vec<Option<Connection>>,
+    holdings: Holdings,
+    /// The whole inventory, read when a request first needs judging against it.
+    inventory: Option<Vec<Candidate>>,
+}
+
+/// One placement round for `new` requests (possibly none), reading everything afresh.
+/// Idempotent; tests call it directly.
 pub async fn round(conn: &mut AsyncPgConnection, config: &Config, new: Vec<NewLease>) -> Result<Report, ApiError> {
+    round_with(conn, config, new, &mut None).await
+}
+
+/// One placement round, reusing `snapshot` if it is still current and leaving the updated
+/// one there (none if the round failed).
+pub async fn round_with(
+    conn: &mut AsyncPgConnection,
+    config: &Config,
+    new: Vec<NewLease>,
+    snapshot: &mut Option<Snapshot>,
+) -> Result<Report, ApiError> {
     let weights = config.tenant_weights.clone();
-    conn.transaction::<_, ApiError, _>(async move |conn| {
-        db::leases::lock_placement(conn).await?;
-        let expired = db::leases::reclaim_expired(conn).await?;
-        let lost = db::leases::fail_lost(conn).await?;
-        let ended: Vec<MachineId> = expired.iter().chain(&lost).filter_map(|l| l.machine_id).collect();
-        db::leases::announce_work(conn, &ended).await?;
-        let (expired, lost) = (expired.len(), lost.len());
-        let overdue = db::leases::fail_overdue(conn).await?.len();
+    let cached = snapshot.take();
+    let (report, kept) = conn
+        .transaction::<_, ApiError, _>(async move |conn| {
+            db::leases::lock_placement(conn).await?;
+            let expired = db::leases::reclaim_expired(conn).await?;
+            let ended: Vec<MachineId> = expired.iter().filter_map(|l| l.machine_id).collect();
+            db::leases::announce_work(conn, &ended).await?;
+            let expired = expired.len();
 
-        // Retries: a key its holder already used answers with that lease.
-        let known = known_keys(conn, &new).await?;
-        let mut slots = Vec::with_capacity(new.len());
-        let mut fresh: Vec<NewLease> = Vec::new();
-        let mut first_with_key: HashMap<(uuid::Uuid, String), usize> = HashMap::new();
-        for lease in new {
-            let key = lease.idempotency_key.clone().map(|k| (lease.holder_id, k));
-            match key {
-                Some(key) if known.contains_key(&key) => {
-                    slots.push(Slot::Answered(Box::new(replay(known[&key].clone(), &lease))))
+            // What placement reads: as last time if nothing changed since, else afresh.
+            let epoch = db::leases::placement_epoch(conn).await?;
+            let (mut snap, lost) = match cached {
+                Some(snap) if snap.epoch == epoch => (snap, 0),
+                _ => {
+                    let lost = db::leases::fail_lost(conn).await?;
+                    let ended: Vec<MachineId> = lost.iter().filter_map(|l| l.machine_id).collect();
+                    db::leases::announce_work(conn, &ended).await?;
+                    (read_snapshot(conn).await?, lost.len())
                 }
-                Some(key) if first_with_key.contains_key(&key) => {
-                    let first = first_with_key[&key];
-                    slots.push(if fresh[first].request_hash == lease.request_hash {
-                        Slot::Repeat(first)
-                    } else {
-                        Slot::Answered(Box::new(Err(key_reused())))
-                    });
-                }
-                key => {
-                    if let Some(key) = key {
-                        first_with_key.insert(key, fresh.len());
+            };
+            let overdue = db::leases::fail_overdue(conn).await?.len();
+
+            // Retries: a key its holder already used answers with that lease.
+            let known = known_keys(conn, &new).await?;
+            let mut slots = Vec::with_capacity(new.len());
+            let mut fresh: Vec<NewLease> = Vec::new();
+            let mut first_with_key: HashMap<(uuid::Uuid, String), usize> = HashMap::new();
+            for lease in new {
+                let key = lease.idempotency_key.clone().map(|k| (lease.holder_id, k));
+                match key {
+                    Some(key) if known.contains_key(&key) => {
+                        slots.push(Slot::Answered(Box::new(replay(known[&key].clone(), &lease))))
                     }
-                    slots.push(Slot::Fresh(fresh.len()));
-                    fresh.push(lease);
+                    Some(key) if first_with_key.contains_key(&key) => {
+                        let first = first_with_key[&key];
+                        slots.push(if fresh[first].request_hash == lease.request_hash {
+                            Slot::Repeat(first)
+                        } else {
+                            Slot::Answered(Box::new(Err(key_reused())))
+                        });
+                    }
+                    key => {
+                        if let Some(key) = key {
+                            first_with_key.insert(key, fresh.len());
+                        }
+                        slots.push(Slot::Fresh(fresh.len()));
+                        fresh.push(lease);
+                    }
                 }
             }
-        }
-        let inserted = db::leases::insert_queued(conn, &fresh).await?;
-        if inserted.len() != fresh.len() {
-            // Another replica wrote the same key between the look-up and the insert: its
-            // round committed first, so a retry finds that lease.
-            return Err(ApiError::conflict(
-                "idempotency-race",
-                "a request with this Idempotency-Key was being handled by another replica; retry it",
-            ));
-        }
-
-        // Place.
-        let queue = db::leases::queued(conn, MAX_QUEUE).await?;
-        let free = db::leases::free_machines(conn).await?;
-        let mut holdings = Holdings::default();
-        for h in db::leases::held(conn).await? {
-            *holdings.by_donation.entry(h.donation_id).or_default() += h.count;
-            *holdings.by_donor.entry(h.donor_id).or_default() += h.count;
-            *holdings.by_tenant.entry(h.tenant).or_default() += h.count;
-        }
-        let waiting = queue.iter().map(|l| (waiting_of(l), l.demand())).collect();
-        let planned = placement::plan(waiting, &free, holdings, |t| weights.get(t).copied().unwrap_or(1.0), Utc::now());
-        let planned_ids: HashSet<LeaseId> = planned.iter().map(|(id, _)| *id).collect();
-
-        // New requests left waiting: refused if no machine in the inventory could ever take them.
-        let mut refused: HashMap<LeaseId, String> = HashMap::new();
-        let unplaced: Vec<&NewLease> = fresh.iter().filter(|l| !planned_ids.contains(&l.id)).collect();
-        if !unplaced.is_empty() {
-            let inventory = db::leases::inventory(conn).await?;
-            for lease in unplaced {
-                if let Some(reason) = placement::unsatisfiable(&inventory, &lease.demand()) {
-                    refused.insert(lease.id, reason);
-                }
+            let inserted = db::leases::insert_queued(conn, &fresh).await?;
+            if inserted.len() != fresh.len() {
+                // Another replica wrote the same key between the look-up and the insert: its
+                // round committed first, so a retry finds that lease.
+                return Err(ApiError::conflict(
+                    "idempotency-race",
+                    "a request with this Idempotency-Key was being handled by another replica; retry it",
+                ));
             }
-            let ids: Vec<LeaseId> = refused.keys().copied().collect();
-            db::leases::delete(conn, &ids).await?;
-        }
 
-        let grants: Vec<Grant> = planned
-            .iter()
-            .map(|(lease, i)| Grant {
-                lease: *lease,
-                machine: free[*i].machine_id,
-                donation: free[*i].donation_id,
-                donor: free[*i].donor_id,
-            })
-            .collect();
-        let granted = db::leases::grant(conn, &grants).await?;
-        let granted_count = granted.len();
-        let busy: Vec<MachineId> = granted.iter().filter_map(|l| l.machine_id).collect();
-        db::leases::announce_work(conn, &busy).await?;
-        // Requests that would not wait (`max_wait_minutes: 0`) and got nothing fail now.
-        let gave_up = db::leases::fail_overdue(conn).await?;
+            // Place.
+            let queue = db::leases::queued(conn, MAX_QUEUE).await?;
+            let waiting = queue.iter().map(|l| (waiting_of(l), l.demand())).collect();
+            let planned = placement::plan(
+                waiting,
+                &snap.free,
+                snap.holdings.clone(),
+                |t| weights.get(t).copied().unwrap_or(1.0),
+                Utc::now(),
+            );
+            let planned_ids: HashSet<LeaseId> = planned.iter().map(|(id, _)| *id).collect();
 
-        // The new requests as they now stand.
-        let mut now_standing: HashMap<LeaseId, Lease> = granted.into_iter().chain(gave_up).map(|l| (l.id, l)).collect();
-        for lease in &queue {
-            now_standing.entry(lease.id).or_insert_with(|| lease.clone());
-        }
-        let mut written: Vec<Result<Lease, ApiError>> = Vec::with_capacity(fresh.len());
-        for lease in &fresh {
-            written.push(if let Some(reason) = refused.remove(&lease.id) {
-                Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsatisfiable", reason))
-            } else if let Some(standing) = now_standing.remove(&lease.id) {
-                Ok(standing)
-            } else {
-                // Beyond the part of the queue this round read: as written.
-                db::leases::find(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))
-            });
-        }
-        let answers = slots
-            .into_iter()
-            .map(|slot| match slot {
-                Slot::Answered(answer) => *answer,
-                Slot::Fresh(i) => shared(&written[i]).map(Answer::Accepted),
-                Slot::Repeat(i) => shared(&written[i]).map(Answer::Replayed),
-            })
-            .collect();
-        Ok(Report { answers, granted: granted_count, expired, lost, overdue })
-    })
-    .await
+            // New requests left waiting: refused if no machine in the inventory could ever take them.
+            let mut refused: HashMap<LeaseId, String> = HashMap::new();
+            let unplaced: Vec<&NewLease> = fresh.iter().filter(|l| !planned_ids.contains(&l.id)).collect();
+            if !unplaced.is_empty() {
+                if snap.inventory.is_none() {
+                    snap.inventory = Some(db::leases::inventory(conn).await?);
+                }
+                let inventory = snap.inventory.as_deref().unwrap_or_default();
+                for lease in unplaced {
+                    if let Some(reason) = placement::unsatisfiable(inventory, &lease.demand()) {
+                        refused.insert(lease.id, reason);
+                    }
+                }
+                let ids: Vec<LeaseId> = refused.keys().copied().collect();
+                db::leases::delete(conn, &ids).await?;
+            }
+
+            let grants: Vec<Grant> = planned
+                .iter()
+                .map(|(lease, i)| Grant {
+                    lease: *lease,
+                    machine: snap.free[*i].machine_id,
+                    donation: snap.free[*i].donation_id,
+                    donor: snap.free[*i].donor_id,
+                })
+                .collect();
+            let granted = db::leases::grant(conn, &grants).await?;
+            let granted_count = granted.len();
+            let busy: Vec<MachineId> = granted.iter().filter_map(|l| l.machine_id).collect();
+            db::leases::announce_work(conn, &busy).await?;
+            if !granted.is_empty() {
+                // Other replicas' snapshots are stale now. This one stays current (it is updated
+                // below) unless something else changed meanwhile.
+                let bumped = db::leases::bump_placement_epoch(conn).await?;
+                snap.epoch = if bumped == snap.epoch + 1 { bumped } else { STALE };
+            }
+            // Requests that would not wait (`max_wait_minutes: 0`) and got nothing fail now.
+            let gave_up = db::leases::fail_overdue(conn).await?;
+
+            // The snapshot, as this round leaves the machines.
+            let mut connection_of: HashMap<LeaseId, Option<Connection>> = HashMap::with_capacity(planned.len());
+            let mut taken: Vec<(usize, LeaseId)> = planned.iter().map(|(lease, i)| (*i, *lease)).collect();
+            taken.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
+            let tenant_of: HashMap<LeaseId, &str> = queue.iter().map(|l| (l.id, l.tenant.as_str())).collect();
+            for (i, lease) in taken {
+                let machine = snap.free.swap_remove(i);
+                connection_of.insert(lease, snap.connections.swap_remove(i));
+                *snap.holdings.by_donation.entry(machine.donation_id).or_default() += 1;
+                *snap.holdings.by_donor.entry(machine.donor_id).or_default() += 1;
+                *snap.holdings.by_tenant.entry(tenant_of[&lease].to_owned()).or_default() += 1;
+            }
+
+            // The new requests as they now stand.
+            let mut now_standing: HashMap<LeaseId, Lease> =
+                granted.into_iter().chain(gave_up).map(|l| (l.id, l)).collect();
+            for lease in &queue {
+                now_standing.entry(lease.id).or_insert_with(|| lease.clone());
+            }
+            let mut written: Vec<Result<Lease, ApiError>> = Vec::with_capacity(fresh.len());
+            for lease in &fresh {
+                written.push(if let Some(reason) = refused.remove(&lease.id) {
+                    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsatisfiable", reason))
+                } else if let Some(standing) = now_standing.remove(&lease.id) {
+                    Ok(standing)
+                } else {
+                    // Beyond the part of the queue this round read: as written.
+                    db::leases::find(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))
+                });
+            }
+            let answers = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Slot::Answered(answer) => *answer,
+                    Slot::Fresh(i) => shared(&written[i]).map(|lease| {
+                        let connection = connection_of.get(&lease.id).cloned().flatten();
+                        Answer::Accepted(lease, connection)
+                    }),
+                    Slot::Repeat(i) => shared(&written[i]).map(Answer::Replayed),
+                })
+                .collect();
+            Ok((Report { answers, granted: granted_count, expired, lost, overdue }, snap))
+        })
+        .await?;
+    *snapshot = Some(kept);
+    Ok(report)
+}
+
+/// Reads what placement needs afresh.
+async fn read_snapshot(conn: &mut AsyncPgConnection) -> Result<Snapshot, ApiError> {
+    // Read after any lost leases were failed, so their machines count as free again.
+    let epoch = db::leases::placement_epoch(conn).await?;
+    let (free, connections) = db::leases::free_machines(conn).await?;
+    let mut holdings = Holdings::default();
+    for h in db::leases::held(conn).await? {
+        *holdings.by_donation.entry(h.donation_id).or_default() += h.count;
+        *holdings.by_donor.entry(h.donor_id).or_default() += h.count;
+        *holdings.by_tenant.entry(h.tenant).or_default() += h.count;
+    }
+    Ok(Snapshot { epoch, free, connections, holdings, inventory: None })
 }
 
 /// Leases already made with the keys these requests carry.

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod bench;
 pub mod db;
 pub mod fixtures;
 pub mod sshd;

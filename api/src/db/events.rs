@@ -216,7 +216,13 @@ pub async fn claim_due(conn: &mut AsyncPgConnection, limit: i64, lease: Duration
              ORDER BY d.subscription_id, d.id
              LIMIT $1
          ), due AS (
-             SELECT id FROM webhook_deliveries WHERE id IN (SELECT id FROM candidates) FOR UPDATE SKIP LOCKED
+             -- The conditions again, on the row being locked: if another worker claimed (or
+             -- even delivered) it since the snapshot above, PostgreSQL rechecks them against
+             -- the latest version and skips it, so it is never sent twice.
+             SELECT id FROM webhook_deliveries
+             WHERE id IN (SELECT id FROM candidates) AND delivered_at IS NULL AND abandoned_at IS NULL
+               AND (claimed_until IS NULL OR claimed_until <= now())
+             FOR UPDATE SKIP LOCKED
          ), claimed AS (
              UPDATE webhook_deliveries d SET claimed_until = now() + $2, attempts = d.attempts + 1
              FROM due WHERE d.id = due.id

@@ -398,10 +398,35 @@ struct MachineRow {
     unreachable_episodes: i32,
     #[diesel(sql_type = Int4)]
     lost_leases: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    ssh_host: Option<String>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    ssh_port: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    ssh_user: Option<String>,
+}
+
+/// How a lease holder reaches a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub host: String,
+    pub port: i32,
+    pub user: String,
+}
+
+impl MachineRow {
+    fn connection(&self) -> Option<Connection> {
+        Some(Connection {
+            host: self.ssh_host.clone()?,
+            port: self.ssh_port.unwrap_or(22),
+            user: self.ssh_user.clone().unwrap_or_default(),
+        })
+    }
 }
 
 const MACHINE_COLUMNS: &str = "m.id, m.donor_id, m.donation_id, m.arch, m.cpu_cores, m.memory_mib, m.disk_gib,
-    m.labels, d.model, d.usage_policy, s.leases_granted, s.unreachable_episodes, s.lost_leases
+    m.labels, d.model, d.usage_policy, s.leases_granted, s.unreachable_episodes, s.lost_leases,
+    m.ssh_host, m.ssh_port, m.ssh_user
     FROM machines m JOIN donations d ON d.id = m.donation_id JOIN machine_status s ON s.machine_id = m.id";
 
 fn candidates_of(rows: Vec<MachineRow>) -> Vec<Candidate> {
@@ -442,8 +467,9 @@ fn candidates_of(rows: Vec<MachineRow>) -> Vec<Candidate> {
         .collect()
 }
 
-/// Machines that could take a lease right now: ready, healthy, not quarantined, not leased.
-pub async fn free_machines(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Candidate>> {
+/// Machines that could take a lease right now (ready, healthy, not quarantined, not leased),
+/// with how a holder would reach each.
+pub async fn free_machines(conn: &mut AsyncPgConnection) -> QueryResult<(Vec<Candidate>, Vec<Option<Connection>>)> {
     let rows: Vec<MachineRow> = diesel::sql_query(format!(
         "SELECT {MACHINE_COLUMNS}
          WHERE m.lifecycle = 'ready' AND m.health = 'healthy' AND m.quarantined_at IS NULL
@@ -451,7 +477,32 @@ pub async fn free_machines(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Cand
     ))
     .load(conn)
     .await?;
-    Ok(candidates_of(rows))
+    let connections = rows.iter().map(MachineRow::connection).collect();
+    Ok((candidates_of(rows), connections))
+}
+
+/// Bumps the placement epoch (after a round's own grants, which other replicas must hear of)
+/// and returns the new value.
+pub async fn bump_placement_epoch(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Epoch {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        epoch: i64,
+    }
+    let row: Epoch =
+        diesel::sql_query("UPDATE placement_epoch SET epoch = epoch + 1 RETURNING epoch").get_result(conn).await?;
+    Ok(row.epoch)
+}
+
+/// The counter every change to what placement reads bumps (see the migration).
+pub async fn placement_epoch(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Epoch {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        epoch: i64,
+    }
+    let row: Epoch = diesel::sql_query("SELECT epoch FROM placement_epoch").get_result(conn).await?;
+    Ok(row.epoch)
 }
 
 /// Every machine that is or may become usable: accepted and not gone for good. What no machine

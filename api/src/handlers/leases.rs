@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{page, page_type, paginate};
 use crate::auth::Principal;
-use crate::db::leases::{Lease, NewLease, Scope};
+use crate::db::leases::{Connection, Lease, NewLease, Scope};
 use crate::db::{self, Json as Jsonb};
 use crate::domain::inventory::validate_labels;
 use crate::domain::lease::latest_end;
@@ -266,6 +266,10 @@ fn validate(
     })
 }
 
+fn endpoint(c: Connection) -> SshEndpoint {
+    SshEndpoint { host: c.host, port: c.port, user: c.user }
+}
+
 /// The lease as the caller should see it: with connection details when granted, its place in
 /// the queue when queued.
 async fn view(state: &AppState, lease: Lease) -> Result<LeaseView, ApiError> {
@@ -350,10 +354,14 @@ pub async fn create_lease(
     let holder = holder(&caller)?;
     let key = idempotency_key(&req)?;
     let new = validate(&state, &body.into_inner(), holder, key)?;
-    let (lease, replayed) = match state.scheduler.submit(new).await? {
-        Answer::Accepted(lease) => (lease, false),
-        Answer::Replayed(lease) => (lease, true),
+    let (lease, connection, replayed) = match state.scheduler.submit(new).await? {
+        Answer::Accepted(lease, connection) => (lease, connection, false),
+        Answer::Replayed(lease) => (lease, None, true),
     };
+    if let (LeaseState::Granted, Some(connection)) = (lease.state, connection) {
+        // Granted at once: everything needed is at hand.
+        return Ok(respond(LeaseView::new(lease, Some(endpoint(connection)), None), replayed));
+    }
     let lease = wait_while_queued(&state, lease, query.into_inner().wait).await?;
     Ok(respond(view(&state, lease).await?, replayed))
 }

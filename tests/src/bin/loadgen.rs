@@ -19,10 +19,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use fleetyard::auth::{TokenKeys, TokenKind};
 use fleetyard::config::{Config, Secret};
 use fleetyard::db::{self, Json};
-use fleetyard::domain::{
-    Arch, DonationId, DonationModel, DonationStatus, DonorId, DonorKind, LifecycleState, MachineId, Role, SiteId,
-    SiteKind, TokenId,
-};
+use fleetyard::domain::{Arch, LifecycleState, MachineId, Role, TokenId};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -148,51 +145,7 @@ const FACTS: &str = r#"{"arch":"x86_64","kernel":"6.1.0","os_release":"Debian GN
 
 async fn setup(database_url: &str, secret: &str, identities: usize, out: &PathBuf) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(database_url).await.context("connecting")?;
-    let donor = db::donors::insert(
-        &mut conn,
-        &db::donors::NewDonor {
-            id: DonorId::generate(),
-            name: &format!("Load generator {}", uuid::Uuid::new_v4().simple()),
-            kind: DonorKind::Other,
-            website: None,
-            time_zone: "UTC",
-            contacts: Json(&[]),
-            notes: None,
-        },
-    )
-    .await?;
-    let site = db::sites::insert(
-        &mut conn,
-        &db::sites::NewSite {
-            id: SiteId::generate(),
-            name: &format!("Load generator lab {}", uuid::Uuid::new_v4().simple()),
-            kind: SiteKind::FoundationLab,
-            donor_id: None,
-            cloud_provider: None,
-            cloud_region: None,
-            address: None,
-            country: None,
-            time_zone: "UTC",
-        },
-    )
-    .await?;
-    let donation = db::donations::insert(
-        &mut conn,
-        &db::donations::NewDonation {
-            id: DonationId::generate(),
-            donor_id: donor.id,
-            site_id: site.id,
-            model: DonationModel::Ownership,
-            status: DonationStatus::Approved,
-            agreement_ref: "LOADGEN",
-            description: None,
-            starts_on: chrono::Utc::now().date_naive(),
-            ends_on: None,
-            usage_policy: None,
-            submitted_by: None,
-        },
-    )
-    .await?;
+    let (donation_id, donor_id, site_id) = fleetyard_tests::bench::lab_donation(&mut conn, "Load generator").await?;
     let keys = TokenKeys::new(&Config { jwt_secret: Secret(secret.into()), ..Config::default() });
     let expires_at = chrono::Utc::now() + chrono::Duration::days(30);
     let labels = Default::default();
@@ -203,9 +156,9 @@ async fn setup(database_url: &str, secret: &str, identities: usize, out: &PathBu
             .iter()
             .map(|_| db::machines::NewMachine {
                 id: MachineId::generate(),
-                donation_id: donation.id,
-                donor_id: donor.id,
-                site_id: site.id,
+                donation_id,
+                donor_id,
+                site_id,
                 hostname: None,
                 asset_tag: None,
                 arch: Arch::X86_64,

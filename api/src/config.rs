@@ -93,46 +93,46 @@ pub struct Config {
     /// Fair-share weights by tenant; a tenant not named has weight 1.
     pub tenant_weights: BTreeMap<String, f64>,
 
-    /// The background schedules; see `jobs::JOBS`.
-    pub jobs: JobsConfig,
+    /// The background schedules; see `schedules::JOBS`.
+    pub schedules: SchedulesConfig,
 }
 
 /// The background schedules and their switches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobsConfig {
+pub struct SchedulesConfig {
     /// Off: this replica runs no background job (another may).
     pub enabled: bool,
-    pub liveness_sweep: JobSetting,
-    pub ssh_checks: JobSetting,
-    pub reminders: JobSetting,
-    pub enrollment_expiry: JobSetting,
-    pub webhook_delivery: JobSetting,
-    pub outbox_retention: JobSetting,
+    pub liveness_sweep: ScheduleSetting,
+    pub ssh_checks: ScheduleSetting,
+    pub reminders: ScheduleSetting,
+    pub enrollment_expiry: ScheduleSetting,
+    pub webhook_delivery: ScheduleSetting,
+    pub outbox_retention: ScheduleSetting,
 }
 
 /// One schedule: a cron expression with seconds (`sec min hour day month weekday`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobSetting {
+pub struct ScheduleSetting {
     pub schedule: String,
     pub enabled: bool,
 }
 
-impl JobSetting {
+impl ScheduleSetting {
     fn every(schedule: &str) -> Self {
         Self { schedule: schedule.into(), enabled: true }
     }
 }
 
-impl Default for JobsConfig {
+impl Default for SchedulesConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            liveness_sweep: JobSetting::every("*/5 * * * * *"),
-            ssh_checks: JobSetting::every("*/15 * * * * *"),
-            reminders: JobSetting::every("0 0 8 * * *"),
-            enrollment_expiry: JobSetting::every("0 */10 * * * *"),
-            webhook_delivery: JobSetting::every("* * * * * *"),
-            outbox_retention: JobSetting::every("0 30 3 * * *"),
+            liveness_sweep: ScheduleSetting::every("*/5 * * * * *"),
+            ssh_checks: ScheduleSetting::every("*/15 * * * * *"),
+            reminders: ScheduleSetting::every("0 0 8 * * *"),
+            enrollment_expiry: ScheduleSetting::every("0 */10 * * * *"),
+            webhook_delivery: ScheduleSetting::every("* * * * * *"),
+            outbox_retention: ScheduleSetting::every("0 30 3 * * *"),
         }
     }
 }
@@ -189,7 +189,7 @@ impl Default for Config {
             lease_long_poll_max_secs: 60,
             scheduler_tick_millis: 1000,
             tenant_weights: BTreeMap::new(),
-            jobs: JobsConfig::default(),
+            schedules: SchedulesConfig::default(),
         }
     }
 }
@@ -223,7 +223,7 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         let config: Config = figment
-            // FLEETYARD_JOBS__REMINDERS__ENABLED=false reaches `jobs.reminders.enabled`.
+            // FLEETYARD_SCHEDULES__REMINDERS__ENABLED=false reaches `schedules.reminders.enabled`.
             .merge(Env::prefixed("FLEETYARD_").ignore(&["config"]).split("__"))
             .extract()
             .context("invalid configuration")?;
@@ -292,11 +292,11 @@ mod tests {
             jail.set_env("FLEETYARD_LISTEN", "127.0.0.1:9999");
             jail.set_env("FLEETYARD_DB_POOL_SIZE", "3");
             jail.set_env("FLEETYARD_SSH_REFUSED_NETWORKS", "[127.0.0.0/8, 10.8.0.0/16]");
-            jail.set_env("FLEETYARD_JOBS__REMINDERS__ENABLED", "false");
+            jail.set_env("FLEETYARD_SCHEDULES__REMINDERS__ENABLED", "false");
             let config = Config::load(Some(Path::new("fleetyard.toml"))).expect("loads");
             let refused: Vec<String> = config.ssh_refused_networks.iter().map(ToString::to_string).collect();
             assert_eq!(refused, ["127.0.0.0/8", "10.8.0.0/16"]);
-            assert!(!config.jobs.reminders.enabled && config.jobs.ssh_checks.enabled);
+            assert!(!config.schedules.reminders.enabled && config.schedules.ssh_checks.enabled);
             assert_eq!(config.database_url, "postgres://file@127.0.0.1/fleetyard");
             assert_eq!(config.listen, "127.0.0.1:9999");
             assert_eq!(config.db_pool_size, 3);

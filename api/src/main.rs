@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use fleetyard::{AppState, Config, admin, db, jobs, routes, startup, telemetry};
+use fleetyard::{AppState, Config, admin, db, routes, schedules, startup, telemetry};
 
 #[derive(Parser)]
 #[command(name = "fleetyard", version, about = "Fleetyard: one pool of donated and rented hardware")]
@@ -110,7 +110,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(pool, config);
     let key = state.ssh_key().await.context("loading Fleetyard's SSH key")?;
     tracing::info!(fingerprint = %key.fingerprint, "SSH key ready");
-    let mut scheduler = jobs::start(state.clone()).await.context("starting background jobs")?;
+    let mut scheduler = schedules::start(state.clone()).await.context("starting the background schedules")?;
     let server = startup::build_server(state.clone(), listener, true)?;
     tracing::info!("Fleetyard listening on http://{}", server.address);
     let served = server.server.await.context("HTTP server");

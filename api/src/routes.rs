@@ -35,7 +35,7 @@ use crate::handlers::{
         (name = "agents", description = "What machine agents call: enroll, heartbeat, renew"),
         (name = "webhooks", description = "Signed CloudEvents to subscribers, and the event outbox"),
         (name = "audit", description = "The append-only record of every change"),
-        (name = "system", description = "Health, readiness, Fleetyard's SSH key, background jobs"),
+        (name = "system", description = "Health, readiness, Fleetyard's SSH key, background schedules"),
     ),
 )]
 struct ApiDoc;
@@ -63,8 +63,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(agent::enroll)
             .service(agent::renew_credential)
             .service(system::ssh_public_key)
-            .service(system::list_jobs)
-            .service(system::run_job)
+            .service(system::list_schedules)
+            .service(system::run_schedule)
             .service(auth::login)
             .service(auth::me)
             .service(users::create_user)

@@ -38,7 +38,7 @@ FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LOG_FILTER
   --identities "$MAX_IDENTITIES" --out "$work/credentials.txt"
 
 FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LISTEN=$LISTEN \
-  FLEETYARD_LOG_FILTER=warn FLEETYARD_JOBS__ENABLED=false \
+  FLEETYARD_LOG_FILTER=warn FLEETYARD_SCHEDULES__ENABLED=false \
   "$bin/fleetyard" serve 2>"$work/server.log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; deploy/pg.sh stop bench >/dev/null 2>&1 || true' EXIT

@@ -46,7 +46,7 @@ FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LOG_FILTER
   --out "$work/token.txt"
 
 FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LISTEN=$LISTEN \
-  FLEETYARD_LOG_FILTER=warn FLEETYARD_JOBS__ENABLED=false FLEETYARD_DB_POOL_SIZE=${POOL:-16} \
+  FLEETYARD_LOG_FILTER=warn FLEETYARD_SCHEDULES__ENABLED=false FLEETYARD_DB_POOL_SIZE=${POOL:-16} \
   "$bin/fleetyard" serve 2>"$work/server.log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; deploy/pg.sh stop bench >/dev/null 2>&1 || true' EXIT

@@ -294,7 +294,7 @@ impl TestApp {
         // The batch writer stores heartbeats every few milliseconds; the sweep then judges them.
         for _ in 0..50 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            fleetyard::jobs::liveness::sweep(&self.state).await.expect("the liveness sweep");
+            fleetyard::schedules::liveness::sweep(&self.state).await.expect("the liveness sweep");
             let mut healthy = 0;
             for id in &ids {
                 if self.machine(w, id).await["health"] == "healthy" {

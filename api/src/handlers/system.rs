@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ErrorBody};
-use crate::jobs::{self, JobKind, RunOutcome};
+use crate::schedules::{self, RunOutcome, Schedule};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -92,9 +92,9 @@ pub async fn ssh_public_key(
     Ok(web::Json(SshPublicKey { public_key: key.public_openssh.clone(), fingerprint: key.fingerprint.clone() }))
 }
 
-/// A background job, its schedule and its last run (on any replica).
+/// A background schedule, its timing and its last run (on any replica).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct JobView {
+pub struct ScheduleView {
     pub name: &'static str,
     /// Cron, with seconds: `sec min hour day month weekday`.
     pub schedule: String,
@@ -109,23 +109,26 @@ pub struct JobView {
 
 #[utoipa::path(
     tag = "system",
-    responses((status = 200, body = Vec<JobView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = Vec<ScheduleView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
-#[get("/jobs")]
-/// Every background job with its schedule and last run. Ops only.
-pub async fn list_jobs(state: web::Data<AppState>, caller: Principal) -> Result<web::Json<Vec<JobView>>, ApiError> {
+#[get("/schedules")]
+/// Every background schedule with its timing and last run. Ops only.
+pub async fn list_schedules(
+    state: web::Data<AppState>,
+    caller: Principal,
+) -> Result<web::Json<Vec<ScheduleView>>, ApiError> {
     caller.require_admin()?;
     let mut conn = state.db().await?;
     let runs = db::job_runs::list(&mut conn).await?;
-    let views = JobKind::ALL
+    let views = Schedule::ALL
         .into_iter()
         .map(|kind| {
-            let setting = kind.setting(&state.config.jobs);
+            let setting = kind.setting(&state.config.schedules);
             let run = runs.iter().find(|r| r.job == kind.name());
-            JobView {
+            ScheduleView {
                 name: kind.name(),
                 schedule: setting.schedule.clone(),
-                enabled: setting.enabled && state.config.jobs.enabled,
+                enabled: setting.enabled && state.config.schedules.enabled,
                 last_started_at: run.and_then(|r| r.last_started_at),
                 last_finished_at: run.and_then(|r| r.last_finished_at),
                 last_run_by: run.and_then(|r| r.run_by.clone()),
@@ -138,9 +141,9 @@ pub async fn list_jobs(state: web::Data<AppState>, caller: Principal) -> Result<
     Ok(web::Json(views))
 }
 
-/// The outcome of running a job on request.
+/// The outcome of running a schedule on request.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct JobRunResult {
+pub struct ScheduleRunResult {
     /// `ran`, or `skipped` when another replica has this period's run.
     pub outcome: &'static str,
     pub report: Option<serde_json::Value>,
@@ -148,28 +151,28 @@ pub struct JobRunResult {
 
 #[utoipa::path(
     tag = "system",
-    params(("name" = String, Path, description = "Job name, e.g. `liveness-sweep`")),
+    params(("name" = String, Path, description = "Schedule name, e.g. `liveness-sweep`")),
     responses(
-        (status = 200, body = JobRunResult),
+        (status = 200, body = ScheduleRunResult),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     ),
 )]
-#[post("/jobs/{name}/run")]
-/// Run a job now, on this replica, unless another replica has this period's run, and answer
+#[post("/schedules/{name}/run")]
+/// Run a schedule now, on this replica, unless another replica has this period's run, and answer
 /// with its report (an SSH round can take a minute). Ops only.
-pub async fn run_job(
+pub async fn run_schedule(
     state: web::Data<AppState>,
     caller: Principal,
     name: web::Path<String>,
-) -> Result<web::Json<JobRunResult>, ApiError> {
+) -> Result<web::Json<ScheduleRunResult>, ApiError> {
     caller.require_admin()?;
-    let kind = JobKind::from_name(&name).ok_or_else(|| ApiError::not_found("job"))?;
+    let kind = Schedule::from_name(&name).ok_or_else(|| ApiError::not_found("schedule"))?;
     // The run goes on by itself: a caller giving up must not leave a claimed run half done.
     let state = state.into_inner();
-    let run = tokio::spawn(async move { jobs::run(&state, kind, &jobs::replica_name()).await });
+    let run = tokio::spawn(async move { schedules::run(&state, kind, &schedules::replica_name()).await });
     let outcome = run.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
     Ok(web::Json(match outcome {
-        RunOutcome::Ran(report) => JobRunResult { outcome: "ran", report: Some(report) },
-        RunOutcome::Skipped => JobRunResult { outcome: "skipped", report: None },
+        RunOutcome::Ran(report) => ScheduleRunResult { outcome: "ran", report: Some(report) },
+        RunOutcome::Skipped => ScheduleRunResult { outcome: "skipped", report: None },
     }))
 }

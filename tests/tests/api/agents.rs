@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use diesel_async::RunQueryDsl;
-use fleetyard::jobs::liveness;
+use fleetyard::schedules::liveness;
 use fleetyard_tests::TestApp;
 use fleetyard_tests::agent::AgentProcess;
 use fleetyard_tests::fixtures::{World, machine, this_host_machine};
@@ -252,7 +252,7 @@ async fn credentials_stop_working_when_replaced_renewed_or_revoked() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let cleared = fleetyard::jobs::enrollment_expiry::clear(&app.state).await.unwrap();
+    let cleared = fleetyard::schedules::enrollment_expiry::clear(&app.state).await.unwrap();
     assert_eq!(cleared.deleted, 1);
 }
 

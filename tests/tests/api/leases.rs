@@ -391,7 +391,7 @@ async fn a_granted_lease_lets_its_holder_in_over_ssh_at_once_and_out_at_release(
     agent.start();
     let sshd = Sshd::start_on(port, "", Some(agent.authorized_keys_command())).await;
     for _ in 0..100 {
-        fleetyard::jobs::liveness::sweep(&app.state).await.unwrap();
+        fleetyard::schedules::liveness::sweep(&app.state).await.unwrap();
         if app.machine(&w, machine).await["health"] == "healthy" {
             break;
         }

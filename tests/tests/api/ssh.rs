@@ -3,7 +3,7 @@
 //! confirmed over SSH before its machine is declared unreachable.
 
 use diesel_async::RunQueryDsl;
-use fleetyard::jobs::{liveness, ssh_checks};
+use fleetyard::schedules::{liveness, ssh_checks};
 use fleetyard_tests::TestApp;
 use fleetyard_tests::fixtures::{ApprovedMachine, World, this_host_machine};
 use fleetyard_tests::sshd::Sshd;

@@ -1,7 +1,7 @@
 //! Webhooks: signed CloudEvents, delivered even when the receiver or the server was down.
 
 use diesel_async::RunQueryDsl;
-use fleetyard::jobs::webhooks::deliver_due;
+use fleetyard::schedules::webhooks::deliver_due;
 use fleetyard_tests::TestApp;
 use fleetyard_tests::fixtures::{World, id_of, machine, usage_right_form};
 use fleetyard_tests::webhook_receiver::Receiver;
@@ -193,7 +193,7 @@ async fn old_events_and_finished_deliveries_are_pruned_but_undelivered_ones_are_
     let all_events = app.event_types(&w).await.len();
 
     // Fresh rows stay.
-    let report = fleetyard::jobs::outbox_retention::prune(&app.state).await.unwrap();
+    let report = fleetyard::schedules::outbox_retention::prune(&app.state).await.unwrap();
     assert_eq!((report.deliveries_deleted, report.events_deleted), (0, 0));
 
     // Months later.
@@ -204,7 +204,7 @@ async fn old_events_and_finished_deliveries_are_pruned_but_undelivered_ones_are_
     ] {
         diesel::sql_query(statement).execute(&mut conn).await.unwrap();
     }
-    let report = fleetyard::jobs::outbox_retention::prune(&app.state).await.unwrap();
+    let report = fleetyard::schedules::outbox_retention::prune(&app.state).await.unwrap();
     assert_eq!(report.deliveries_deleted, 1);
     assert_eq!(report.events_deleted, all_events - 1);
     assert_eq!(app.event_types(&w).await, ["donation.approved"], "still owed to a subscriber");

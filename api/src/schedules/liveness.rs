@@ -32,7 +32,8 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<LivenessReport> {
     let (machines, grace_until) = {
         let mut conn = state.pool.get().await?;
         let machines = machine_status::monitored(&mut conn, MONITORED, None).await?;
-        let resumed = job_runs::find(&mut conn, super::JobKind::LivenessSweep.name()).await?.and_then(|r| r.resumed_at);
+        let resumed =
+            job_runs::find(&mut conn, super::Schedule::LivenessSweep.name()).await?.and_then(|r| r.resumed_at);
         (machines, resumed.map(|at| at + policy.silence() + Duration::seconds(AGENT_MAX_BACKOFF_SECS)))
     };
     let hold_silence = grace_until.is_some_and(|until| now < until);

@@ -1,5 +1,6 @@
-//! Every background schedule, in one place. Each job is an idempotent async function that
-//! tests call directly; the scheduler (tokio-cron-scheduler) only decides when.
+//! Every background schedule, in one place. Each runs an idempotent async function that tests
+//! call directly; tokio-cron-scheduler only decides when. (Not to be confused with the build
+//! and test jobs the lease scheduler places on machines.)
 //!
 //! With several replicas, an *exclusive* job runs once per scheduled time: a replica runs it
 //! only after claiming the job's row in `job_runs`, which refuses a second claim until most of
@@ -19,13 +20,13 @@ use croner::parser::{CronParser, Seconds};
 use serde_json::Value;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::config::{JobSetting, JobsConfig};
+use crate::config::{ScheduleSetting, SchedulesConfig};
 use crate::db;
 use crate::state::AppState;
 
-/// The background jobs.
+/// The background schedules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
+pub enum Schedule {
     /// Derives health from heartbeats; confirms silent agents over SSH before declaring them
     /// unreachable.
     LivenessSweep,
@@ -41,24 +42,24 @@ pub enum JobKind {
     OutboxRetention,
 }
 
-impl JobKind {
-    pub const ALL: [JobKind; 6] = [
-        JobKind::LivenessSweep,
-        JobKind::SshChecks,
-        JobKind::Reminders,
-        JobKind::EnrollmentExpiry,
-        JobKind::WebhookDelivery,
-        JobKind::OutboxRetention,
+impl Schedule {
+    pub const ALL: [Schedule; 6] = [
+        Schedule::LivenessSweep,
+        Schedule::SshChecks,
+        Schedule::Reminders,
+        Schedule::EnrollmentExpiry,
+        Schedule::WebhookDelivery,
+        Schedule::OutboxRetention,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            JobKind::LivenessSweep => "liveness-sweep",
-            JobKind::SshChecks => "ssh-checks",
-            JobKind::Reminders => "reminders",
-            JobKind::EnrollmentExpiry => "enrollment-expiry",
-            JobKind::WebhookDelivery => "webhook-delivery",
-            JobKind::OutboxRetention => "outbox-retention",
+            Schedule::LivenessSweep => "liveness-sweep",
+            Schedule::SshChecks => "ssh-checks",
+            Schedule::Reminders => "reminders",
+            Schedule::EnrollmentExpiry => "enrollment-expiry",
+            Schedule::WebhookDelivery => "webhook-delivery",
+            Schedule::OutboxRetention => "outbox-retention",
         }
     }
 
@@ -66,38 +67,38 @@ impl JobKind {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
-    pub fn setting(self, jobs: &JobsConfig) -> &JobSetting {
+    pub fn setting(self, schedules: &SchedulesConfig) -> &ScheduleSetting {
         match self {
-            JobKind::LivenessSweep => &jobs.liveness_sweep,
-            JobKind::SshChecks => &jobs.ssh_checks,
-            JobKind::Reminders => &jobs.reminders,
-            JobKind::EnrollmentExpiry => &jobs.enrollment_expiry,
-            JobKind::WebhookDelivery => &jobs.webhook_delivery,
-            JobKind::OutboxRetention => &jobs.outbox_retention,
+            Schedule::LivenessSweep => &schedules.liveness_sweep,
+            Schedule::SshChecks => &schedules.ssh_checks,
+            Schedule::Reminders => &schedules.reminders,
+            Schedule::EnrollmentExpiry => &schedules.enrollment_expiry,
+            Schedule::WebhookDelivery => &schedules.webhook_delivery,
+            Schedule::OutboxRetention => &schedules.outbox_retention,
         }
     }
 
     fn exclusive(self) -> bool {
-        self != JobKind::WebhookDelivery
+        self != Schedule::WebhookDelivery
     }
 
     /// The longest a run may take before another replica may start one. An SSH round's
     /// work per site is bounded (see `ssh_checks`) so that it ends well within its lease.
     fn lease(self) -> Duration {
         match self {
-            JobKind::SshChecks | JobKind::Reminders | JobKind::OutboxRetention => Duration::minutes(10),
+            Schedule::SshChecks | Schedule::Reminders | Schedule::OutboxRetention => Duration::minutes(10),
             _ => Duration::minutes(2),
         }
     }
 
     async fn execute(self, state: &AppState) -> anyhow::Result<Value> {
         Ok(match self {
-            JobKind::LivenessSweep => serde_json::to_value(liveness::sweep(state).await?)?,
-            JobKind::SshChecks => serde_json::to_value(ssh_checks::round(state).await?)?,
-            JobKind::Reminders => serde_json::to_value(reminders::send(state, Utc::now().date_naive()).await?)?,
-            JobKind::EnrollmentExpiry => serde_json::to_value(enrollment_expiry::clear(state).await?)?,
-            JobKind::WebhookDelivery => serde_json::to_value(webhooks::deliver_due(state).await?)?,
-            JobKind::OutboxRetention => serde_json::to_value(outbox_retention::prune(state).await?)?,
+            Schedule::LivenessSweep => serde_json::to_value(liveness::sweep(state).await?)?,
+            Schedule::SshChecks => serde_json::to_value(ssh_checks::round(state).await?)?,
+            Schedule::Reminders => serde_json::to_value(reminders::send(state, Utc::now().date_naive()).await?)?,
+            Schedule::EnrollmentExpiry => serde_json::to_value(enrollment_expiry::clear(state).await?)?,
+            Schedule::WebhookDelivery => serde_json::to_value(webhooks::deliver_due(state).await?)?,
+            Schedule::OutboxRetention => serde_json::to_value(outbox_retention::prune(state).await?)?,
         })
     }
 }
@@ -113,10 +114,10 @@ pub enum RunOutcome {
 
 /// Runs `kind` now on behalf of `replica`, unless (for an exclusive job) another replica has
 /// it for this period.
-pub async fn run(state: &AppState, kind: JobKind, replica: &str) -> anyhow::Result<RunOutcome> {
+pub async fn run(state: &AppState, kind: Schedule, replica: &str) -> anyhow::Result<RunOutcome> {
     let mut claimed = None;
     if kind.exclusive() {
-        let period = period(&kind.setting(&state.config.jobs).schedule)?;
+        let period = period(&kind.setting(&state.config.schedules).schedule)?;
         let mut conn = state.pool.get().await.context("claiming a job run")?;
         // Three quarters of a period between runs: replicas firing the same schedule with
         // clocks a little apart run it once, and no period is skipped. No finished run for
@@ -163,16 +164,16 @@ pub fn replica_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Schedules every enabled job; returns the running scheduler (None when jobs are off).
+/// Starts every enabled schedule; returns the running scheduler (None when all are off).
 pub async fn start(state: AppState) -> anyhow::Result<Option<JobScheduler>> {
-    if !state.config.jobs.enabled {
-        tracing::info!("background jobs are switched off on this replica");
+    if !state.config.schedules.enabled {
+        tracing::info!("background schedules are switched off on this replica");
         return Ok(None);
     }
     let scheduler = JobScheduler::new().await?;
     let replica = replica_name();
-    for kind in JobKind::ALL {
-        let setting = kind.setting(&state.config.jobs);
+    for kind in Schedule::ALL {
+        let setting = kind.setting(&state.config.schedules);
         if !setting.enabled {
             tracing::info!(job = kind.name(), "switched off");
             continue;
@@ -209,10 +210,10 @@ mod tests {
 
     #[test]
     fn every_default_schedule_parses() {
-        let jobs = JobsConfig::default();
-        for kind in JobKind::ALL {
-            assert!(parse(&kind.setting(&jobs).schedule).is_ok(), "{}", kind.name());
-            assert_eq!(JobKind::from_name(kind.name()), Some(kind));
+        let schedules = SchedulesConfig::default();
+        for kind in Schedule::ALL {
+            assert!(parse(&kind.setting(&schedules).schedule).is_ok(), "{}", kind.name());
+            assert_eq!(Schedule::from_name(kind.name()), Some(kind));
         }
     }
 }

@@ -1,10 +1,10 @@
-//! Background jobs: every run once across replicas, reminders at 30, 7 and 1 days, the
+//! Background schedules: every run once across replicas, reminders at 30, 7 and 1 days, the
 //! schedule itself.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use fleetyard::jobs::{self, JobKind, RunOutcome, reminders};
+use fleetyard::schedules::{self, RunOutcome, Schedule, reminders};
 use fleetyard_tests::TestApp;
 use fleetyard_tests::fixtures::{id_of, lab_form, machine};
 use serde_json::json;
@@ -22,10 +22,10 @@ async fn with_two_replicas_each_scheduled_run_happens_once() {
         .await
         .expect(200);
 
-    // Both replicas fire the daily reminder job at the same moment, over HTTP as ops would.
+    // Both replicas fire the daily reminders at the same moment, over HTTP as ops would.
     let (first, second) = tokio::join!(
-        app.post("/api/v1/jobs/reminders/run", &w.admin, json!({})),
-        replica.post("/api/v1/jobs/reminders/run", &w.admin, json!({})),
+        app.post("/api/v1/schedules/reminders/run", &w.admin, json!({})),
+        replica.post("/api/v1/schedules/reminders/run", &w.admin, json!({})),
     );
     let mut outcomes =
         [first.body["outcome"].as_str().unwrap().to_owned(), second.body["outcome"].as_str().unwrap().to_owned()];
@@ -35,11 +35,11 @@ async fn with_two_replicas_each_scheduled_run_happens_once() {
     assert_eq!(due_soon, 1);
 
     // The same period again: neither runs it.
-    assert_eq!(jobs::run(&app.state, JobKind::Reminders, "a").await.unwrap(), RunOutcome::Skipped);
-    assert_eq!(jobs::run(&replica.state, JobKind::Reminders, "b").await.unwrap(), RunOutcome::Skipped);
+    assert_eq!(schedules::run(&app.state, Schedule::Reminders, "a").await.unwrap(), RunOutcome::Skipped);
+    assert_eq!(schedules::run(&replica.state, Schedule::Reminders, "b").await.unwrap(), RunOutcome::Skipped);
 
     // Ops see the run, who ran it, and its report.
-    let listed = app.get("/api/v1/jobs", &w.admin).await.expect(200);
+    let listed = app.get("/api/v1/schedules", &w.admin).await.expect(200);
     let run = listed.body.as_array().unwrap().iter().find(|j| j["name"] == "reminders").unwrap().clone();
     assert_eq!(run["runs"], 1);
     assert_eq!(run["last_outcome"], "ok");
@@ -61,7 +61,7 @@ async fn reminders_go_out_30_7_and_1_days_before_and_once_each() {
     let mut sent = Vec::new();
     for days_before in (0..=45).rev() {
         let today = ends_on - chrono::Duration::days(days_before);
-        // Each day's job may run more than once: the reminder still goes out once.
+        // Each day's run may happen more than once: the reminder still goes out once.
         let first = reminders::send(&app.state, today).await.unwrap().sent;
         let again = reminders::send(&app.state, today).await.unwrap().sent;
         assert_eq!(again, 0);
@@ -77,25 +77,25 @@ async fn reminders_go_out_30_7_and_1_days_before_and_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_scheduler_runs_enabled_jobs_and_leaves_switched_off_ones_alone() {
+async fn enabled_schedules_run_and_switched_off_ones_are_left_alone() {
     let app = TestApp::spawn_with(|c| {
-        c.jobs.liveness_sweep.schedule = "* * * * * *".into();
-        c.jobs.enrollment_expiry.schedule = "* * * * * *".into();
-        c.jobs.enrollment_expiry.enabled = false;
+        c.schedules.liveness_sweep.schedule = "* * * * * *".into();
+        c.schedules.enrollment_expiry.schedule = "* * * * * *".into();
+        c.schedules.enrollment_expiry.enabled = false;
     })
     .await;
     let w = app.world().await;
-    let mut scheduler = jobs::start(app.state.clone()).await.unwrap().expect("jobs are on");
+    let mut scheduler = schedules::start(app.state.clone()).await.unwrap().expect("schedules are on");
     tokio::time::sleep(Duration::from_millis(2600)).await;
     scheduler.shutdown().await.unwrap();
-    let listed = app.get("/api/v1/jobs", &w.admin).await.expect(200);
-    let job = |name: &str| listed.body.as_array().unwrap().iter().find(|j| j["name"] == name).unwrap().clone();
-    assert!(job("liveness-sweep")["runs"].as_i64().unwrap() >= 1, "{}", listed.text);
-    assert_eq!(job("enrollment-expiry")["runs"], 0);
-    assert_eq!(job("enrollment-expiry")["enabled"], false);
-    // An unknown job is a 404; a bad schedule is refused at start.
-    app.post("/api/v1/jobs/nonsense/run", &w.admin, json!({})).await.expect(404);
-    let broken = TestApp::spawn_with(|c| c.jobs.reminders.schedule = "whenever".into()).await;
-    let error = jobs::start(broken.state.clone()).await.err().expect("a bad schedule is refused").to_string();
+    let listed = app.get("/api/v1/schedules", &w.admin).await.expect(200);
+    let schedule = |name: &str| listed.body.as_array().unwrap().iter().find(|j| j["name"] == name).unwrap().clone();
+    assert!(schedule("liveness-sweep")["runs"].as_i64().unwrap() >= 1, "{}", listed.text);
+    assert_eq!(schedule("enrollment-expiry")["runs"], 0);
+    assert_eq!(schedule("enrollment-expiry")["enabled"], false);
+    // An unknown schedule is a 404; a bad schedule is refused at start.
+    app.post("/api/v1/schedules/nonsense/run", &w.admin, json!({})).await.expect(404);
+    let broken = TestApp::spawn_with(|c| c.schedules.reminders.schedule = "whenever".into()).await;
+    let error = schedules::start(broken.state.clone()).await.err().expect("a bad schedule is refused").to_string();
     assert!(error.contains("whenever"), "{error}");
 }

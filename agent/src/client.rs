@@ -49,6 +49,18 @@ pub struct HeartbeatAck {
 pub struct Work {
     pub version: String,
     pub leases: Vec<LeaseWork>,
+    #[serde(default)]
+    pub jobs: Vec<JobWork>,
+}
+
+/// A job attempt to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobWork {
+    pub job_id: String,
+    pub attempt: i32,
+    pub command: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub timeout_secs: i32,
 }
 
 /// A lease this machine holds: whose key to let in, until when (RFC 3339).
@@ -123,6 +135,37 @@ impl Client {
         }
         let response = request.call().map_err(|e| CallError::Transport(e.to_string()))?;
         read(response)
+    }
+
+    pub fn job_output(&self, credential: &str, job: &str, attempt: i32, data: &str) -> Result<(), CallError> {
+        let body = serde_json::json!({ "attempt": attempt, "data": data });
+        self.post_empty(&format!("/api/v1/agent/jobs/{job}/output"), credential, &body)
+    }
+
+    pub fn job_finished(
+        &self,
+        credential: &str,
+        job: &str,
+        attempt: i32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    ) -> Result<(), CallError> {
+        let body = serde_json::json!({
+            "attempt": attempt, "exit_code": exit_code, "signal": signal, "timed_out": timed_out,
+        });
+        self.post_empty(&format!("/api/v1/agent/jobs/{job}/finish"), credential, &body)
+    }
+
+    /// A POST whose success has no body (204).
+    fn post_empty(&self, path: &str, credential: &str, body: &serde_json::Value) -> Result<(), CallError> {
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.server))
+            .header("Authorization", format!("Bearer {credential}"))
+            .send_json(body)
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        if response.status().is_success() { Ok(()) } else { read::<serde_json::Value>(response).map(drop) }
     }
 
     pub fn renew(&self, credential: &str) -> Result<Credential, CallError> {

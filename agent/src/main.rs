@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod credential;
 mod facts;
+mod jobs;
 mod run;
 mod work;
 

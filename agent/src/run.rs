@@ -15,7 +15,7 @@ use crate::client::{CallError, Client, Credential};
 use crate::config::Settings;
 use crate::credential::{self, Stored};
 use crate::facts;
-use crate::{say, work};
+use crate::{jobs, say, work};
 
 /// The longest wait between attempts while the server is unreachable. After an outage of its
 /// own the server waits this long for agents to come back before it judges their silence
@@ -126,12 +126,13 @@ pub fn heartbeats(settings: &Settings) -> Result<(), String> {
     let stop = stop_on_signals()?;
     say!("info", "reporting for machine {} to {server}", stored.machine_id);
     let shared = Arc::new(Mutex::new(stored.credential.clone()));
-    work::start(
-        Client::new(&server, settings.ca_file.as_deref())?,
-        settings.state_dir.clone(),
-        shared.clone(),
-        stop.clone(),
-    );
+    let reach = jobs::Reach {
+        server: server.clone(),
+        ca_file: settings.ca_file.clone(),
+        credential: shared.clone(),
+        state_dir: settings.state_dir.clone(),
+    };
+    work::start(Client::new(&server, settings.ca_file.as_deref())?, reach, stop.clone());
     let mut keeper =
         Keeper { state_dir: &settings.state_dir, server, stored, shared, unsaved: false, next_renewal: Instant::now() };
 

@@ -1,4 +1,4 @@
-//! Work from Fleetyard: the SSH keys of the leases this machine holds.
+//! Work from Fleetyard: the SSH keys of the leases this machine holds, and jobs to run.
 //!
 //! A thread long-polls `GET /agent/work` and writes what it hears to `work.json` in the state
 //! directory (mode 0600), the moment it hears it. sshd asks for the keys through
@@ -8,13 +8,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
 use crate::client::{CallError, Client, Work};
-use crate::{credential, say};
+use crate::{credential, jobs, say};
 
 /// How long one poll may be held by the server.
 const POLL_SECS: u64 = 25;
@@ -23,11 +23,16 @@ fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("work.json")
 }
 
-/// Starts the work thread. It reads the credential from `credential` at each poll, so a
-/// renewed or replaced one is used at once.
-pub fn start(client: Client, state_dir: PathBuf, credential: Arc<Mutex<String>>, stop: Arc<AtomicBool>) {
+/// Starts the work thread. It reads the credential from `reach` at each poll, so a renewed or
+/// replaced one is used at once.
+pub fn start(client: Client, reach: jobs::Reach, stop: Arc<AtomicBool>) {
     let spawned = thread::Builder::new().name("work".into()).stack_size(256 * 1024).spawn(move || {
-        let mut since: Option<String> = load(&state_dir).ok().map(|w| w.version);
+        let (state_dir, credential) = (reach.state_dir.clone(), reach.credential.clone());
+        // Jobs a previous run of the agent left behind are ended; the server hands out again
+        // whatever should still run. So the first poll does not wait.
+        jobs::end_leftovers(&state_dir);
+        let mut since: Option<String> = None;
+        let mut runner = jobs::Runner::default();
         let mut failures: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
             let current = credential.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -35,9 +40,15 @@ pub fn start(client: Client, state_dir: PathBuf, credential: Arc<Mutex<String>>,
                 Ok(work) => {
                     failures = 0;
                     if since.as_deref() != Some(work.version.as_str()) {
+                        runner.reconcile(&work.jobs, &reach);
                         match save(&state_dir, &work) {
                             Ok(()) => {
-                                say!("info", "work updated: {} lease(s) on this machine", work.leases.len());
+                                say!(
+                                    "info",
+                                    "work updated: {} lease(s), {} job(s) on this machine",
+                                    work.leases.len(),
+                                    work.jobs.len()
+                                );
                                 since = Some(work.version);
                             }
                             Err(e) => {
@@ -118,6 +129,7 @@ mod tests {
         };
         let work = Work {
             version: "v".into(),
+            jobs: Vec::new(),
             leases: vec![
                 lease("ssh-ed25519 AAAA current", "2026-11-22T12:00:00Z"),
                 lease("ssh-ed25519 AAAA over", "2026-11-22T10:00:00Z"),

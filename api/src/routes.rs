@@ -8,7 +8,7 @@ use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::handlers::{
-    agent, audit, auth, donations, donors, leases, machines, service_tokens, sites, system, users, webhooks,
+    agent, audit, auth, donations, donors, jobs, leases, machines, service_tokens, sites, system, users, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ use crate::handlers::{
         (name = "machines", description = "The inventory: list, detail, labels, maintenance, lifecycle"),
         (name = "donors", description = "Donor organisations"),
         (name = "leases", description = "Machines for CI runners: ask, wait, extend, release"),
+        (name = "jobs", description = "Build and test jobs: a command placed on a matching machine, its output and status"),
         (name = "sites", description = "Labs, donor sites and cloud regions"),
         (name = "users", description = "Accounts for ops and donors' staff"),
         (name = "service-tokens", description = "Service-account tokens for CI and other services"),
@@ -60,6 +61,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         scope("/api/v1")
             .service(agent::heartbeat)
             .service(agent::agent_work)
+            .service(agent::job_output_from_agent)
+            .service(agent::job_finished)
             .service(agent::enroll)
             .service(agent::renew_credential)
             .service(system::ssh_public_key)
@@ -107,6 +110,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(leases::get_lease)
             .service(leases::extend_lease)
             .service(leases::release_lease)
+            .service(jobs::create_job)
+            .service(jobs::list_jobs)
+            .service(jobs::get_job)
+            .service(jobs::job_output)
+            .service(jobs::cancel_job)
             .service(audit::list_audit),
     );
 }

@@ -205,20 +205,26 @@ pub async fn round_with(
             let expired = db::leases::reclaim_expired(conn).await?;
             let ended: Vec<MachineId> = expired.iter().filter_map(|l| l.machine_id).collect();
             db::leases::announce_work(conn, &ended).await?;
-            let expired = expired.len();
 
             // What placement reads: as last time if nothing changed since, else afresh.
             let epoch = db::leases::placement_epoch(conn).await?;
             let (mut snap, lost) = match cached {
-                Some(snap) if snap.epoch == epoch => (snap, 0),
+                Some(snap) if snap.epoch == epoch => (snap, Vec::new()),
                 _ => {
                     let lost = db::leases::fail_lost(conn).await?;
                     let ended: Vec<MachineId> = lost.iter().filter_map(|l| l.machine_id).collect();
                     db::leases::announce_work(conn, &ended).await?;
-                    (read_snapshot(conn).await?, lost.len())
+                    (read_snapshot(conn).await?, lost)
                 }
             };
-            let overdue = db::leases::fail_overdue(conn).await?.len();
+            // Jobs whose attempt ended with its lease go back to the queue (or fail).
+            let ended_attempts: Vec<Lease> =
+                expired.iter().chain(&lost).filter(|l| l.job_id.is_some()).cloned().collect();
+            db::jobs::follow_leases(conn, &[], &ended_attempts, &[]).await?;
+            let (expired, lost) = (expired.len(), lost.len());
+            let overdue = db::leases::fail_overdue(conn).await?;
+            db::jobs::follow_leases(conn, &[], &[], &overdue).await?;
+            let overdue = overdue.len();
 
             // Retries: a key its holder already used answers with that lease.
             let known = known_keys(conn, &new).await?;
@@ -308,6 +314,7 @@ pub async fn round_with(
             }
             // Requests that would not wait (`max_wait_minutes: 0`) and got nothing fail now.
             let gave_up = db::leases::fail_overdue(conn).await?;
+            db::jobs::follow_leases(conn, &granted, &[], &gave_up).await?;
 
             // The snapshot, as this round leaves the machines.
             let mut connection_of: HashMap<LeaseId, Option<Connection>> = HashMap::with_capacity(planned.len());

@@ -214,7 +214,8 @@ impl TestApp {
         }
         let mut conn = self.state.pool.get().await.expect("db");
         let mut counts = Vec::new();
-        for table in ["donors", "sites", "users", "donations", "machines", "api_tokens", "audit_log", "leases"] {
+        for table in ["donors", "sites", "users", "donations", "machines", "api_tokens", "audit_log", "leases", "jobs"]
+        {
             let count: Count = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
                 .get_result(&mut conn)
                 .await

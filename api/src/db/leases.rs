@@ -13,8 +13,8 @@ use super::{Json, Page};
 use crate::domain::placement::{Candidate, Demand, Requirements};
 use crate::domain::usage_policy::Purpose;
 use crate::domain::{
-    Arch, DonationId, DonationModel, DonorId, HolderKind, Labels, LeaseId, LeaseState, LifecycleState, MachineId,
-    UsagePolicy,
+    Arch, DonationId, DonationModel, DonorId, HolderKind, JobId, Labels, LeaseId, LeaseState, LifecycleState,
+    MachineId, UsagePolicy,
 };
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
@@ -47,6 +47,8 @@ pub struct Lease {
     pub expires_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end_reason: Option<String>,
+    /// The job this lease is an attempt of, if any.
+    pub job_id: Option<JobId>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -71,6 +73,7 @@ pub struct NewLease {
     pub duration_secs: i32,
     pub ssh_public_key: Option<String>,
     pub deadline: DateTime<Utc>,
+    pub job_id: Option<JobId>,
 }
 
 /// What placement needs of a request, from its columns.

@@ -9,6 +9,7 @@ pub mod donors;
 pub mod enrollment;
 pub mod events;
 pub mod job_runs;
+pub mod jobs;
 pub mod leases;
 pub mod machine_status;
 pub mod machines;

@@ -277,6 +277,42 @@ diesel::table! {
         expires_at -> Nullable<Timestamptz>,
         ended_at -> Nullable<Timestamptz>,
         end_reason -> Nullable<Text>,
+        job_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Uuid,
+        state -> Text,
+        holder_kind -> Text,
+        holder_id -> Uuid,
+        holder_name -> Text,
+        idempotency_key -> Nullable<Text>,
+        request_hash -> Binary,
+        tenant -> Text,
+        command -> Text,
+        env -> Jsonb,
+        timeout_secs -> Int4,
+        max_wait_secs -> Int4,
+        max_attempts -> Int4,
+        attempts -> Int4,
+        machine_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        exit_code -> Nullable<Int4>,
+        end_reason -> Nullable<Text>,
+        output_bytes -> Int8,
+    }
+}
+
+diesel::table! {
+    job_output (job_id, seq) {
+        job_id -> Uuid,
+        seq -> Int8,
+        attempt -> Int4,
+        data -> Binary,
     }
 }
 
@@ -302,4 +338,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_subscriptions,
     webhook_deliveries,
     leases,
+    jobs,
+    job_output,
 );

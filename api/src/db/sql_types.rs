@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::domain::usage_policy::Purpose;
 use crate::domain::{
-    ActorKind, Arch, CloudProvider, DonationModel, DonationStatus, DonorKind, Health, HolderKind, LeaseState,
+    ActorKind, Arch, CloudProvider, DonationModel, DonationStatus, DonorKind, Health, HolderKind, JobState, LeaseState,
     LifecycleState, Role, SiteKind,
 };
 
@@ -42,6 +42,7 @@ text_sql!(
     DonorKind,
     Health,
     HolderKind,
+    JobState,
     LeaseState,
     LifecycleState,
     Purpose,

@@ -63,3 +63,7 @@ id_type!(
     /// A lease: a machine held for a CI runner (and later, for a job).
     LeaseId
 );
+id_type!(
+    /// A build or test job.
+    JobId
+);

@@ -13,6 +13,7 @@ pub mod facts;
 pub mod health;
 pub mod ids;
 pub mod inventory;
+pub mod job;
 pub mod lease;
 pub mod lifecycle;
 pub mod placement;
@@ -23,8 +24,9 @@ pub mod validation;
 
 pub use donation::{DonationAction, DonationModel, DonationStatus};
 pub use events::EventType;
-pub use ids::{DonationId, DonorId, LeaseId, MachineId, SiteId, TokenId, UserId};
+pub use ids::{DonationId, DonorId, JobId, LeaseId, MachineId, SiteId, TokenId, UserId};
 pub use inventory::{Accelerator, Arch, CloudProvider, Contact, DonorKind, Health, Labels, SiteKind};
+pub use job::JobState;
 pub use lease::{HolderKind, LeaseState};
 pub use lifecycle::{LifecycleState, Requester};
 pub use role::{ActorKind, Role};

@@ -4,7 +4,7 @@
 use std::time::Duration as StdDuration;
 
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web};
+use actix_web::{HttpResponse, get, post, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
@@ -20,7 +20,7 @@ use crate::db::{self, api_tokens::NewApiToken};
 use crate::domain::facts::{Facts, Metrics, clip};
 use crate::domain::health::is_monitored;
 use crate::domain::health::is_overloaded;
-use crate::domain::{ActorKind, LeaseId, MachineId, Role, TokenId};
+use crate::domain::{ActorKind, JobId, LeaseId, MachineId, Role, TokenId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::parse_json_at;
 use crate::extract::{Json, Query};
@@ -324,6 +324,20 @@ pub struct AgentWork {
     /// Changes whenever anything below does.
     pub version: String,
     pub leases: Vec<LeaseWork>,
+    /// Jobs to run (or keep running); a job that disappears from here is to be killed.
+    pub jobs: Vec<JobWork>,
+}
+
+/// A job attempt for the agent to run.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobWork {
+    pub job_id: JobId,
+    /// Reports name the attempt, so a late report of an earlier one is told apart.
+    pub attempt: i32,
+    /// For `/bin/sh -c`.
+    pub command: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub timeout_secs: i32,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -344,10 +358,22 @@ async fn current_work(state: &AppState, machine: MachineId) -> Result<AgentWork,
     let leases: Vec<LeaseWork> = db::leases::held_by_machine(&mut conn, machine)
         .await?
         .into_iter()
+        .filter(|l| l.job_id.is_none())
         .filter_map(|l| Some(LeaseWork { lease_id: l.id, ssh_public_key: l.ssh_public_key, expires_at: l.expires_at? }))
         .collect();
-    let digest = Sha256::digest(serde_json::to_vec(&leases).map_err(ApiError::internal)?);
-    Ok(AgentWork { version: hex::encode(&digest[..8]), leases })
+    let jobs: Vec<JobWork> = db::jobs::running_on(&mut conn, machine)
+        .await?
+        .into_iter()
+        .map(|(job, _)| JobWork {
+            job_id: job.id,
+            attempt: job.attempts,
+            command: job.command,
+            env: job.env.0,
+            timeout_secs: job.timeout_secs,
+        })
+        .collect();
+    let digest = Sha256::digest(serde_json::to_vec(&(&leases, &jobs)).map_err(ApiError::internal)?);
+    Ok(AgentWork { version: hex::encode(&digest[..8]), leases, jobs })
 }
 
 #[utoipa::path(
@@ -387,4 +413,120 @@ pub async fn agent_work(
     }
     state.work_bell.release(machine, bell);
     work.map(web::Json)
+}
+
+/// Output of a running job attempt.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobOutputChunk {
+    pub attempt: i32,
+    /// What the command printed since the last chunk (at most 256 KiB).
+    pub data: String,
+}
+
+/// A job attempt that ended on the machine.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobFinished {
+    pub attempt: i32,
+    /// The exit status, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Whether the agent killed it for running past its timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+/// The job, if it is this machine's current attempt `attempt` and still running.
+async fn own_attempt(
+    conn: &mut diesel_async::AsyncPgConnection,
+    agent: AgentCaller,
+    id: JobId,
+    attempt: i32,
+) -> Result<db::jobs::Job, ApiError> {
+    let job = db::jobs::lock(conn, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    if job.machine_id != Some(agent.machine_id) {
+        return Err(ApiError::not_found("job"));
+    }
+    if job.state != crate::domain::JobState::Running || job.attempts != attempt {
+        return Err(ApiError::conflict(
+            "job-not-running-here",
+            format!("attempt {attempt} of this job is not running on this machine any more; stop it"),
+        ));
+    }
+    Ok(job)
+}
+
+#[utoipa::path(
+    tag = "agents",
+    params(("id" = JobId, Path)),
+    request_body = JobOutputChunk,
+    responses(
+        (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The attempt is no longer this machine's: kill it.", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+)]
+#[post("/agent/jobs/{id}/output")]
+/// Append what a running job printed.
+pub async fn job_output_from_agent(
+    state: web::Data<AppState>,
+    agent: AgentCaller,
+    path: web::Path<JobId>,
+    body: Json<JobOutputChunk>,
+) -> Result<HttpResponse, ApiError> {
+    let chunk = body.into_inner();
+    if chunk.data.len() > 256 * 1024 {
+        return Err(ApiError::invalid_field("data", "at most 256 KiB per chunk"));
+    }
+    let id = path.into_inner();
+    let mut conn = state.db().await?;
+    conn.transaction::<_, ApiError, _>(async move |conn| {
+        own_attempt(conn, agent, id, chunk.attempt).await?;
+        db::jobs::append_output(conn, id, chunk.attempt, chunk.data.as_bytes()).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(
+    tag = "agents",
+    params(("id" = JobId, Path)),
+    request_body = JobFinished,
+    responses(
+        (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The attempt is no longer this machine's.", body = ErrorBody),
+    ),
+)]
+#[post("/agent/jobs/{id}/finish")]
+/// Report how a job attempt ended; its machine is free again.
+pub async fn job_finished(
+    state: web::Data<AppState>,
+    agent: AgentCaller,
+    path: web::Path<JobId>,
+    body: Json<JobFinished>,
+) -> Result<HttpResponse, ApiError> {
+    let report = body.into_inner();
+    let id = path.into_inner();
+    let mut conn = state.db().await?;
+    conn.transaction::<_, ApiError, _>(async move |conn| {
+        // Lease first, then job: the order placement rounds lock them in.
+        let lease = db::jobs::current_lease(conn, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+        db::leases::lock(conn, lease.id).await?;
+        let job = own_attempt(conn, agent, id, report.attempt).await?;
+        let exit =
+            crate::domain::job::Exit { code: report.exit_code, signal: report.signal, timed_out: report.timed_out };
+        let (to, reason) = crate::domain::job::outcome(exit, job.timeout_secs);
+        db::jobs::finish(conn, id, to, report.exit_code, reason.as_deref()).await?;
+        if lease.state == crate::domain::LeaseState::Granted {
+            db::leases::end(conn, lease.id, crate::domain::LeaseState::Released, "its job finished").await?;
+        }
+        db::leases::announce_work(conn, &[agent.machine_id]).await?;
+        Ok(())
+    })
+    .await?;
+    state.scheduler.wake();
+    Ok(HttpResponse::NoContent().finish())
 }

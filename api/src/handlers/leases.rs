@@ -12,13 +12,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{page, page_type, paginate};
 use crate::auth::Principal;
+use crate::config::Config;
 use crate::db::leases::{Connection, Lease, NewLease, Scope};
 use crate::db::{self, Json as Jsonb};
 use crate::domain::inventory::validate_labels;
 use crate::domain::lease::latest_end;
 use crate::domain::placement::Requirements;
 use crate::domain::usage_policy::Purpose;
-use crate::domain::{Arch, FieldErrors, HolderKind, LeaseId, LeaseState, MachineId};
+use crate::domain::{Arch, FieldErrors, HolderKind, JobId, LeaseId, LeaseState, MachineId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::scheduler::{Answer, ensure_state};
@@ -145,18 +146,29 @@ pub struct WaitQuery {
     pub wait: Option<u64>,
 }
 
-/// Who may hold leases: CI service accounts and ops.
-fn holder(caller: &Principal) -> Result<(HolderKind, uuid::Uuid, String), ApiError> {
+/// Who holds a lease or a job.
+pub(super) struct Holder {
+    pub kind: HolderKind,
+    pub id: uuid::Uuid,
+    pub name: String,
+}
+
+/// Who may hold leases and jobs: CI service accounts and ops.
+pub(super) fn holder(caller: &Principal, what: &str) -> Result<Holder, ApiError> {
     match caller {
-        Principal::Service { token_id, name } => Ok((HolderKind::Service, token_id.0, name.clone())),
-        Principal::Admin { user_id, email } => Ok((HolderKind::User, user_id.0, email.clone())),
-        _ => Err(ApiError::forbidden(format!("leases are for the ci and admin roles; you are `{}`", caller.role()))),
+        Principal::Service { token_id, name } => {
+            Ok(Holder { kind: HolderKind::Service, id: token_id.0, name: name.clone() })
+        }
+        Principal::Admin { user_id, email } => {
+            Ok(Holder { kind: HolderKind::User, id: user_id.0, name: email.clone() })
+        }
+        _ => Err(ApiError::forbidden(format!("{what} are for the ci and admin roles; you are `{}`", caller.role()))),
     }
 }
 
 /// Which leases a caller may see: ops all, a service account its own, a donor those on its
 /// machines.
-fn scope(caller: &Principal) -> Result<Scope, ApiError> {
+pub(super) fn scope(caller: &Principal) -> Result<Scope, ApiError> {
     match caller {
         Principal::Admin { .. } => Ok(Scope::All),
         Principal::Service { token_id, .. } => Ok(Scope::Holder(token_id.0)),
@@ -186,7 +198,7 @@ fn check_tenant(value: &str) -> Result<(), &'static str> {
     }
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
     let key = value
         .to_str()
@@ -197,16 +209,16 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
         .ok_or_else(|| ApiError::invalid_field("Idempotency-Key", "must be 1 to 200 visible ASCII characters"))
 }
 
-/// Validates a request into the lease to queue, naming every problem.
-fn validate(
-    state: &AppState,
-    request: &LeaseRequest,
-    holder: (HolderKind, uuid::Uuid, String),
-    key: Option<String>,
-) -> Result<NewLease, ApiError> {
-    let config = &state.config;
-    let mut errors = FieldErrors::new();
-    let r = &request.requirements;
+/// Checks what every request for a machine carries (requirements, priority, tenant, how long
+/// it may wait), adding each problem to `errors`; returns the minutes it may wait.
+pub(super) fn check_demand(
+    config: &Config,
+    r: &Requirements,
+    priority: i32,
+    tenant: &str,
+    max_wait_minutes: Option<i64>,
+    errors: &mut FieldErrors,
+) -> i64 {
     if !(0..=4096).contains(&r.min_cores) {
         errors.add("requirements.min_cores", "must be between 0 and 4096");
     }
@@ -216,18 +228,89 @@ fn validate(
     if !(0..=1_048_576).contains(&r.min_disk_gib) {
         errors.add("requirements.min_disk_gib", "must be between 0 and 1048576");
     }
-    validate_labels("requirements.labels", &r.labels, &mut errors);
+    validate_labels("requirements.labels", &r.labels, errors);
+    if !(0..=100).contains(&priority) {
+        errors.add("priority", "must be between 0 and 100");
+    }
+    if let Err(problem) = check_tenant(tenant) {
+        errors.add("tenant", problem);
+    }
+    let wait = max_wait_minutes.unwrap_or(config.lease_default_wait_minutes);
+    if !(0..=10_080).contains(&wait) {
+        errors.add("max_wait_minutes", "must be between 0 and 10080 (a week)");
+    }
+    wait
+}
+
+/// A queued lease: for a CI runner, or for one attempt of a job.
+pub(super) struct LeaseSpec<'a> {
+    pub holder: &'a Holder,
+    pub requirements: &'a Requirements,
+    pub purpose: Purpose,
+    pub priority: i32,
+    pub tenant: &'a str,
+    pub trusted_only: bool,
+    pub duration_secs: i32,
+    pub wait_minutes: i64,
+    pub ssh_public_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Vec<u8>,
+    pub job_id: Option<JobId>,
+}
+
+pub(super) fn new_lease(spec: LeaseSpec<'_>) -> NewLease {
+    let r = spec.requirements;
+    NewLease {
+        id: LeaseId::generate(),
+        state: LeaseState::Queued,
+        holder_kind: spec.holder.kind,
+        holder_id: spec.holder.id,
+        holder_name: spec.holder.name.clone(),
+        idempotency_key: spec.idempotency_key,
+        request_hash: spec.request_hash,
+        tenant: spec.tenant.to_owned(),
+        purpose: spec.purpose,
+        priority: spec.priority,
+        arch: r.arch,
+        min_cores: r.min_cores,
+        min_memory_mib: r.min_memory_gib * 1024,
+        min_disk_gib: r.min_disk_gib,
+        labels: Jsonb(r.labels.clone()),
+        trusted_only: spec.trusted_only,
+        duration_secs: spec.duration_secs,
+        ssh_public_key: spec.ssh_public_key,
+        deadline: Utc::now() + Duration::minutes(spec.wait_minutes),
+        job_id: spec.job_id,
+    }
+}
+
+/// A digest of a request as parsed, so a retry with the same key but another body is caught.
+pub(super) fn request_hash(request: &impl Serialize) -> Result<Vec<u8>, ApiError> {
+    Ok(Sha256::digest(serde_json::to_vec(request).map_err(ApiError::internal)?).to_vec())
+}
+
+/// Validates a request into the lease to queue, naming every problem.
+fn validate(
+    state: &AppState,
+    request: &LeaseRequest,
+    holder: &Holder,
+    key: Option<String>,
+) -> Result<NewLease, ApiError> {
+    let config = &state.config;
+    let mut errors = FieldErrors::new();
+    let wait = check_demand(
+        config,
+        &request.requirements,
+        request.priority,
+        &request.tenant,
+        request.max_wait_minutes,
+        &mut errors,
+    );
     if !(1..=config.lease_max_minutes).contains(&request.duration_minutes) {
         errors.add(
             "duration_minutes",
             format!("must be between 1 and {} (the platform's limit)", config.lease_max_minutes),
         );
-    }
-    if !(0..=100).contains(&request.priority) {
-        errors.add("priority", "must be between 0 and 100");
-    }
-    if let Err(problem) = check_tenant(&request.tenant) {
-        errors.add("tenant", problem);
     }
     if let Some(key) = &request.ssh_public_key {
         let one_line = !key.trim().contains('\n');
@@ -235,35 +318,21 @@ fn validate(
             errors.add("ssh_public_key", "must be one OpenSSH public key line, such as `ssh-ed25519 AAAA... you@host`");
         }
     }
-    let wait = request.max_wait_minutes.unwrap_or(config.lease_default_wait_minutes);
-    if !(0..=10_080).contains(&wait) {
-        errors.add("max_wait_minutes", "must be between 0 and 10080 (a week)");
-    }
     errors.into_result()?;
-
-    let (holder_kind, holder_id, holder_name) = holder;
-    let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
-    Ok(NewLease {
-        id: LeaseId::generate(),
-        state: LeaseState::Queued,
-        holder_kind,
-        holder_id,
-        holder_name,
-        idempotency_key: key,
-        request_hash: Sha256::digest(&canonical).to_vec(),
-        tenant: request.tenant.clone(),
+    Ok(new_lease(LeaseSpec {
+        holder,
+        requirements: &request.requirements,
         purpose: request.purpose,
         priority: request.priority,
-        arch: r.arch,
-        min_cores: r.min_cores,
-        min_memory_mib: r.min_memory_gib * 1024,
-        min_disk_gib: r.min_disk_gib,
-        labels: Jsonb(r.labels.clone()),
+        tenant: &request.tenant,
         trusted_only: request.trusted_only,
         duration_secs: i32::try_from(request.duration_minutes * 60).map_err(ApiError::internal)?,
+        wait_minutes: wait,
         ssh_public_key: request.ssh_public_key.as_ref().map(|k| k.trim().to_owned()),
-        deadline: Utc::now() + Duration::minutes(wait),
-    })
+        idempotency_key: key,
+        request_hash: request_hash(request)?,
+        job_id: None,
+    }))
 }
 
 fn endpoint(c: Connection) -> SshEndpoint {
@@ -351,9 +420,9 @@ pub async fn create_lease(
     query: Query<WaitQuery>,
     body: Json<LeaseRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let holder = holder(&caller)?;
+    let holder = holder(&caller, "leases")?;
     let key = idempotency_key(&req)?;
-    let new = validate(&state, &body.into_inner(), holder, key)?;
+    let new = validate(&state, &body.into_inner(), &holder, key)?;
     let (lease, connection, replayed) = match state.scheduler.submit(new).await? {
         Answer::Accepted(lease, connection) => (lease, connection, false),
         Answer::Replayed(lease) => (lease, None, true),
@@ -440,14 +509,15 @@ pub async fn get_lease(
     Ok(web::Json(view(&state, lease).await?))
 }
 
-/// The holder, or ops.
-fn may_change(caller: &Principal, lease: &Lease) -> Result<(), ApiError> {
+/// The holder, or ops. (A service account that is not the holder never gets this far: the
+/// lease or job is hidden from it.)
+pub(super) fn may_change(caller: &Principal, holder_id: uuid::Uuid, what: &str) -> Result<(), ApiError> {
     match caller {
         Principal::Admin { .. } => Ok(()),
-        Principal::Service { token_id, .. } if token_id.0 == lease.holder_id => Ok(()),
-        Principal::Service { .. } => Err(ApiError::not_found("lease")),
+        Principal::Service { token_id, .. } if token_id.0 == holder_id => Ok(()),
+        Principal::Service { .. } => Err(ApiError::not_found(what)),
         _ => Err(ApiError::forbidden(format!(
-            "only the lease's holder or ops may change it; you are `{}`",
+            "only the {what}'s holder or ops may change it; you are `{}`",
             caller.role()
         ))),
     }
@@ -489,7 +559,7 @@ pub async fn extend_lease(
         ));
     }
     let lease = find_visible(&state, &caller, path.into_inner()).await?;
-    may_change(&caller, &lease)?;
+    may_change(&caller, lease.holder_id, "lease")?;
     let platform_max = Duration::minutes(state.config.lease_max_minutes);
     let mut conn = state.db().await?;
     let extended = conn
@@ -543,7 +613,7 @@ pub async fn release_lease(
     path: web::Path<LeaseId>,
 ) -> Result<web::Json<LeaseView>, ApiError> {
     let lease = find_visible(&state, &caller, path.into_inner()).await?;
-    may_change(&caller, &lease)?;
+    may_change(&caller, lease.holder_id, "lease")?;
     let by = caller.actor().name;
     let mut conn = state.db().await?;
     let ended = conn

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod donations;
 pub mod donors;
+pub mod jobs;
 pub mod leases;
 pub mod machines;
 pub mod service_tokens;
@@ -75,7 +76,7 @@ macro_rules! uuid_cursor_key {
     )+};
 }
 
-uuid_cursor_key!(DonorId, SiteId, UserId, DonationId, MachineId, TokenId, LeaseId);
+uuid_cursor_key!(DonorId, SiteId, UserId, DonationId, MachineId, TokenId, LeaseId, JobId);
 
 /// Events and webhook subscriptions are keyed by plain UUIDs.
 impl CursorKey for Uuid {

@@ -78,6 +78,11 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         json!({ "requirements": { "arch": "x86_64" }, "purpose": "ci", "duration_minutes": 30, "tenant": "ci-gate" });
     let lease = app.post("/api/v1/leases", &w.ci, runner.clone()).await.expect(201);
     let lease_id = id_of(&lease.body);
+    // A job of the CI account, queued behind that lease; once the lease is released (below) it
+    // runs on donor A's machine, so donor A may look at it, but not cancel it.
+    let build = json!({ "requirements": { "arch": "x86_64" }, "purpose": "build", "command": "make", "timeout_secs": 60, "tenant": "ci-gate" });
+    let job = app.post("/api/v1/jobs", &w.ci, build.clone()).await.expect(201);
+    let job_id = id_of(&job.body);
     let donate =
         |n: &str| usage_right_form(&a.site_id, &format!("A-{n}"), vec![machine("riscv64", &format!("MX-{n}"))]);
 
@@ -154,6 +159,17 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
                                                                                   [Unauthenticated, Forbidden, In,        Hidden,      Forbidden, In]),
         // The holder releases it first; ops then find it ended (409).
         row(Method::POST,  format!("/api/v1/leases/{lease_id}/release"), None,    [Unauthenticated, Forbidden, In,        Hidden,      Forbidden, In]),
+        row(Method::POST,  "/api/v1/jobs", Some(build),                           [Unauthenticated, Forbidden, In,        Forbidden,   Forbidden, In]),
+        row(Method::GET,   "/api/v1/jobs", None,                                  [Unauthenticated, Forbidden, In,        In,          In,        In]),
+        row(Method::GET,   format!("/api/v1/jobs/{job_id}"), None,                [Unauthenticated, Forbidden, In,        Hidden,      In,        In]),
+        row(Method::GET,   format!("/api/v1/jobs/{job_id}/output"), None,         [Unauthenticated, Forbidden, In,        Hidden,      In,        In]),
+        row(Method::POST,  format!("/api/v1/jobs/{job_id}/cancel"), None,         [Unauthenticated, Forbidden, In,        Hidden,      Forbidden, In]),
+        row(Method::GET,   "/api/v1/agent/work?wait=0", None,                     [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
+        // Not this agent's job: as if it did not exist.
+        row(Method::POST,  format!("/api/v1/agent/jobs/{job_id}/output"), Some(json!({"attempt": 1, "data": "x"})),
+                                                                                  [Unauthenticated, Hidden,    Forbidden, Forbidden,   Forbidden, Forbidden]),
+        row(Method::POST,  format!("/api/v1/agent/jobs/{job_id}/finish"), Some(json!({"attempt": 1, "exit_code": 0})),
+                                                                                  [Unauthenticated, Hidden,    Forbidden, Forbidden,   Forbidden, Forbidden]),
         // The enrollment token in the body is the credential; a made-up one is refused for all.
         row(Method::POST,  "/api/v1/agent/enroll", Some(json!({"token": "fyenroll_made_up"})),
                                                                                   [Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated]),

@@ -92,7 +92,7 @@ async fn an_impossible_request_is_refused_with_the_reason_and_bad_input_names_th
     )
     .await
     .expect(422);
-    assert_eq!(bad.fields(), ["requirements.min_cores", "duration_minutes", "priority", "tenant", "ssh_public_key"]);
+    assert_eq!(bad.fields(), ["requirements.min_cores", "priority", "tenant", "duration_minutes", "ssh_public_key"]);
     let unknown = ask(
         &app,
         &w.ci,

@@ -7,6 +7,7 @@ mod auth;
 mod authorization_matrix;
 mod cli;
 mod donations;
+mod jobs;
 mod leases;
 mod lifecycle;
 mod listing;

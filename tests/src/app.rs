@@ -226,7 +226,7 @@ impl TestApp {
     }
 }
 
-async fn read(response: reqwest::Response) -> Response {
+pub(crate) async fn read(response: reqwest::Response) -> Response {
     let status = response.status().as_u16();
     let text = response.text().await.expect("reading the body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -10,6 +10,7 @@ pub mod app;
 pub mod bench;
 pub mod db;
 pub mod fixtures;
+pub mod server;
 pub mod sshd;
 pub mod webhook_receiver;
 

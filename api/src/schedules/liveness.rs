@@ -57,6 +57,10 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<LivenessReport> {
             }
         }
     }
+    if report.health_changed > 0 {
+        // A machine back in health can take waiting leases now; one gone silent loses its own.
+        state.scheduler.wake();
+    }
     Ok(report)
 }
 

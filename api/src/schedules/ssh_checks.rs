@@ -99,6 +99,10 @@ pub async fn round(state: &AppState) -> anyhow::Result<SshRoundReport> {
             report.health_changed += 1;
         }
     }
+    if report.health_changed > 0 {
+        // As in the liveness sweep: placement acts on health changes at once.
+        state.scheduler.wake();
+    }
     Ok(report)
 }
 

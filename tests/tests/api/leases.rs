@@ -8,6 +8,7 @@ use chrono::{Datelike, Utc};
 use diesel_async::RunQueryDsl;
 use fleetyard_tests::agent::AgentProcess;
 use fleetyard_tests::fixtures::{World, pool_machine, this_host_machine};
+use fleetyard_tests::server::ServerProcess;
 use fleetyard_tests::sshd::{Sshd, free_port};
 use fleetyard_tests::{Response, TestApp};
 use serde_json::{Value, json};
@@ -286,25 +287,29 @@ async fn expired_leases_are_reclaimed_and_their_machines_granted_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_clients_across_three_replicas_never_double_book_a_machine() {
+async fn many_clients_across_three_server_processes_never_double_book_a_machine() {
     let app = TestApp::spawn().await;
     let w = app.world().await;
     let machines = 20;
     let pool = lab_pool(&app, &w, "riscv64", machines).await;
-    let replicas = [app.replica(), app.replica()];
-    let servers: Vec<&TestApp> = std::iter::once(&app).chain(replicas.iter()).collect();
+    // Three `fleetyard serve` processes on the same database, each with its own scheduler.
+    let servers = [
+        ServerProcess::replica_of(&app).await,
+        ServerProcess::replica_of(&app).await,
+        ServerProcess::replica_of(&app).await,
+    ];
 
-    // 60 clients, 2 requests each, spread over the three servers.
+    // 60 clients, 2 requests each, spread over the three processes.
     let clients: Vec<_> = (0..60)
         .map(|i| {
-            let server = servers[i % 3];
+            let server = &servers[i % 3];
             let token = w.ci.clone();
             async move {
                 let mut statuses = Vec::new();
                 for _ in 0..2 {
                     let mut body = runner("riscv64", if i % 2 == 0 { "sig-a" } else { "sig-b" });
                     body["max_wait_minutes"] = json!(0);
-                    statuses.push(ask(server, &token, body).await.status);
+                    statuses.push(server.post("/api/v1/leases", &token, body).await.status);
                 }
                 statuses
             }

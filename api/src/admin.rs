@@ -383,3 +383,105 @@ async fn site(
     .await?;
     Ok(site.id)
 }
+
+/// The asset tag of the machine `local_machine` registers.
+const LOCAL_ASSET_TAG: &str = "LOCAL-HOST";
+
+/// Registers this very computer as a ready machine in the foundation's lab (once), and issues
+/// a fresh enrollment token for it, so that `deploy/run-local` can run a real agent here and
+/// leases and jobs for this architecture have somewhere to go. Needs the demo data.
+pub async fn local_machine(conn: &mut AsyncPgConnection, token_hours: i64) -> anyhow::Result<(MachineId, String)> {
+    let arch: Arch = std::env::consts::ARCH.parse().map_err(|_| {
+        anyhow::anyhow!("Fleetyard has no machines of this computer's architecture ({})", std::env::consts::ARCH)
+    })?;
+    let Some(lab) = db::sites::first_of_kind(conn, SiteKind::FoundationLab).await? else {
+        bail!("there is no foundation lab to put this computer in; run `fleetyard admin seed-demo` first");
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches(" kB").to_owned()))
+        })
+        .and_then(|kib| kib.parse::<i64>().ok())
+        .map_or(1024, |kib| kib / 1024);
+    let actor = Actor::system("fleetyard admin local-machine");
+    conn.transaction::<_, anyhow::Error, _>(async move |conn| {
+        let machine = match db::machines::find_by_asset_tag(conn, LOCAL_ASSET_TAG).await? {
+            Some(machine) => machine.id,
+            None => {
+                let donor = db::donors::insert(
+                    conn,
+                    &db::donors::NewDonor {
+                        id: DonorId::generate(),
+                        name: "This workstation (local demo)",
+                        kind: DonorKind::Other,
+                        website: None,
+                        time_zone: "UTC",
+                        contacts: Json(&[]),
+                        notes: Some("Registered by deploy/run-local so that leases and jobs can run here."),
+                    },
+                )
+                .await?;
+                let donation = db::donations::insert(
+                    conn,
+                    &db::donations::NewDonation {
+                        id: DonationId::generate(),
+                        donor_id: donor.id,
+                        site_id: lab.id,
+                        model: DonationModel::Ownership,
+                        status: DonationStatus::Approved,
+                        agreement_ref: LOCAL_ASSET_TAG,
+                        description: Some("This computer, for trying leases and jobs locally"),
+                        starts_on: Utc::now().date_naive(),
+                        ends_on: None,
+                        usage_policy: None,
+                        submitted_by: None,
+                    },
+                )
+                .await?;
+                let labels = Labels::from([("local".to_owned(), "true".to_owned())]);
+                let row = db::machines::NewMachine {
+                    id: MachineId::generate(),
+                    donation_id: donation.id,
+                    donor_id: donor.id,
+                    site_id: lab.id,
+                    hostname: None,
+                    asset_tag: Some(LOCAL_ASSET_TAG),
+                    arch,
+                    cpu_model: "this computer",
+                    cpu_cores: i32::try_from(cores).unwrap_or(1),
+                    memory_mib,
+                    disk_gib: 20,
+                    accelerators: Json(&[]),
+                    labels: Json(&labels),
+                    ssh_host: None,
+                    ssh_port: None,
+                    ssh_user: None,
+                    warranty_until: None,
+                    lifecycle: LifecycleState::Ready,
+                    lifecycle_deadline: None,
+                };
+                let machine = db::machines::insert_many(conn, &[row]).await?.remove(0);
+                audit::record(
+                    conn,
+                    &actor,
+                    &[
+                        Change::new("donor.created", "donor", donor.id).donor(Some(donor.id)),
+                        Change::new("donation.created", "donation", donation.id).donor(Some(donor.id)),
+                        Change::new("machine.created", "machine", machine.id)
+                            .donor(Some(donor.id))
+                            .after(&json!({ "arch": arch, "lifecycle": LifecycleState::Ready })),
+                    ],
+                )
+                .await?;
+                machine.id
+            }
+        };
+        let (secret, hash) = crate::handlers::agent::new_enrollment_secret();
+        db::enrollment::issue(conn, machine, &hash, None, Utc::now() + Duration::hours(token_hours)).await?;
+        audit::record(conn, &actor, &[Change::new("machine.enrollment_token_issued", "machine", machine)]).await?;
+        Ok((machine, secret))
+    })
+    .await
+}

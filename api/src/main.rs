@@ -49,6 +49,9 @@ enum AdminCommand {
     },
     /// Load demo data (idempotent) and print the demo logins.
     SeedDemo,
+    /// Register this computer as a ready lab machine (once) and print a fresh enrollment token
+    /// for its agent (what `deploy/run-local` does, so leases and jobs can run here).
+    LocalMachine,
 }
 
 #[tokio::main]
@@ -80,6 +83,12 @@ async fn main() -> anyhow::Result<()> {
                     if generated {
                         println!("generated password (shown once): {password}");
                     }
+                    Ok(())
+                }
+                AdminCommand::LocalMachine => {
+                    let (machine, token) = admin::local_machine(&mut conn, config.enrollment_token_hours).await?;
+                    eprintln!("this computer is machine {machine}; enroll its agent with the token below");
+                    println!("{token}");
                     Ok(())
                 }
                 AdminCommand::SeedDemo => {

@@ -84,6 +84,10 @@ pub async fn insert_many(conn: &mut AsyncPgConnection, machines: &[NewMachine<'_
     Ok(inserted)
 }
 
+pub async fn find_by_asset_tag(conn: &mut AsyncPgConnection, tag: &str) -> QueryResult<Option<Machine>> {
+    machines::table.filter(machines::asset_tag.eq(tag)).select(Machine::as_select()).first(conn).await.optional()
+}
+
 pub async fn find(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<Option<Machine>> {
     machines::table.find(id).select(Machine::as_select()).first(conn).await.optional()
 }

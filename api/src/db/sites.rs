@@ -62,6 +62,11 @@ pub async fn insert(conn: &mut AsyncPgConnection, site: &NewSite<'_>) -> QueryRe
     diesel::insert_into(sites::table).values(site).returning(Site::as_returning()).get_result(conn).await
 }
 
+/// The oldest site of a kind (the demo's foundation lab, say).
+pub async fn first_of_kind(conn: &mut AsyncPgConnection, kind: SiteKind) -> QueryResult<Option<Site>> {
+    sites::table.filter(sites::kind.eq(kind)).order(sites::id).select(Site::as_select()).first(conn).await.optional()
+}
+
 pub async fn find(conn: &mut AsyncPgConnection, id: SiteId) -> QueryResult<Option<Site>> {
     sites::table.find(id).select(Site::as_select()).first(conn).await.optional()
 }

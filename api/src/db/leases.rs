@@ -401,6 +401,8 @@ struct MachineRow {
     unreachable_episodes: i32,
     #[diesel(sql_type = Int4)]
     lost_leases: i32,
+    #[diesel(sql_type = Int4)]
+    crashed_jobs: i32,
     #[diesel(sql_type = Nullable<Text>)]
     ssh_host: Option<String>,
     #[diesel(sql_type = Nullable<Int4>)]
@@ -428,7 +430,7 @@ impl MachineRow {
 }
 
 const MACHINE_COLUMNS: &str = "m.id, m.donor_id, m.donation_id, m.arch, m.cpu_cores, m.memory_mib, m.disk_gib,
-    m.labels, d.model, d.usage_policy, s.leases_granted, s.unreachable_episodes, s.lost_leases,
+    m.labels, d.model, d.usage_policy, s.leases_granted, s.unreachable_episodes, s.lost_leases, s.crashed_jobs,
     m.ssh_host, m.ssh_port, m.ssh_user
     FROM machines m JOIN donations d ON d.id = m.donation_id JOIN machine_status s ON s.machine_id = m.id";
 
@@ -465,6 +467,7 @@ fn candidates_of(rows: Vec<MachineRow>) -> Vec<Candidate> {
                 leases_granted: r.leases_granted,
                 unreachable_episodes: r.unreachable_episodes,
                 lost_leases: r.lost_leases,
+                crashed_jobs: r.crashed_jobs,
             }
         })
         .collect()

@@ -34,6 +34,11 @@ pub struct MachineStatus {
     pub ssh_host_key: Option<String>,
     pub ssh_host_key_fingerprint: Option<String>,
     pub probe_requested_at: Option<DateTime<Utc>>,
+    /// What placement weighs: use so far, and signs of an unreliable machine.
+    pub leases_granted: i64,
+    pub unreachable_episodes: i32,
+    pub lost_leases: i32,
+    pub crashed_jobs: i32,
 }
 
 pub async fn find(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<Option<MachineStatus>> {
@@ -288,6 +293,15 @@ pub async fn set_quarantine(
         .returning(Machine::as_returning())
         .get_result(conn)
         .await
+}
+
+/// One more job died on this machine by a signal.
+pub async fn count_crashed_job(conn: &mut AsyncPgConnection, id: MachineId) -> QueryResult<()> {
+    diesel::update(machine_status::table.find(id))
+        .set(machine_status::crashed_jobs.eq(machine_status::crashed_jobs + 1))
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// One more time this machine went silent.

@@ -157,6 +157,7 @@ diesel::table! {
         leases_granted -> Int8,
         unreachable_episodes -> Int4,
         lost_leases -> Int4,
+        crashed_jobs -> Int4,
     }
 }
 

@@ -61,9 +61,10 @@ pub struct Candidate {
     pub policy: Option<std::sync::Arc<UsagePolicy>>,
     /// Leases this machine has been granted so far.
     pub leases_granted: i64,
-    /// Times it went silent, and leases it lost.
+    /// Times it went silent, leases it lost, and jobs that died there by a signal.
     pub unreachable_episodes: i32,
     pub lost_leases: i32,
+    pub crashed_jobs: i32,
 }
 
 /// Why a machine cannot take a lease. The order is the order of the checks.
@@ -138,7 +139,7 @@ pub fn misfit(machine: &Candidate, demand: &Demand, now: DateTime<Utc>, held_on_
 /// - fit: little surplus of cores, memory and disk (big machines stay free for big requests);
 /// - rest: fewer leases so far (wear and use spread over the pool);
 /// - spread: fewer leases held on this machine's donor right now (no one donor carries all);
-/// - reliability: fewer silences and lost leases.
+/// - reliability: fewer silences (heartbeat gaps), lost leases and jobs killed by a signal.
 pub fn score(machine: &Candidate, demand: &Demand, held_by_donor: i64) -> f64 {
     let r = &demand.requirements;
     let surplus = |have: f64, need: f64| if have <= 0.0 { 0.0 } else { (have - need).max(0.0) / have };
@@ -149,7 +150,8 @@ pub fn score(machine: &Candidate, demand: &Demand, held_by_donor: i64) -> f64 {
             / 3.0;
     let rest = 1.0 / (1.0 + (machine.leases_granted as f64).ln_1p());
     let spread = 1.0 / (1.0 + held_by_donor as f64);
-    let reliability = 1.0 / (1.0 + machine.unreachable_episodes as f64 + 2.0 * machine.lost_leases as f64);
+    let reliability = 1.0
+        / (1.0 + machine.unreachable_episodes as f64 + 2.0 * machine.lost_leases as f64 + machine.crashed_jobs as f64);
     3.0 * reliability + 2.0 * fit + spread + rest
 }
 
@@ -302,6 +304,7 @@ mod tests {
             leases_granted: 0,
             unreachable_episodes: 0,
             lost_leases: 0,
+            crashed_jobs: 0,
         }
     }
 
@@ -402,6 +405,9 @@ mod tests {
         let mut flaky = snug.clone();
         flaky.unreachable_episodes = 3;
         assert!(score(&big, &d, 0) > score(&flaky, &d, 0), "reliability outweighs fit");
+        let mut crashing = snug.clone();
+        crashing.crashed_jobs = 3;
+        assert!(score(&big, &d, 0) > score(&crashing, &d, 0), "jobs dying there count too");
     }
 
     #[test]

@@ -520,6 +520,11 @@ pub async fn job_finished(
             crate::domain::job::Exit { code: report.exit_code, signal: report.signal, timed_out: report.timed_out };
         let (to, reason) = crate::domain::job::outcome(exit, job.timeout_secs);
         db::jobs::finish(conn, id, to, report.exit_code, reason.as_deref()).await?;
+        if report.signal.is_some() && !report.timed_out {
+            // Killed by something other than its timeout (a crash, the OOM killer): placement
+            // trusts this machine a little less.
+            db::machine_status::count_crashed_job(conn, agent.machine_id).await?;
+        }
         if lease.state == crate::domain::LeaseState::Granted {
             db::leases::end(conn, lease.id, crate::domain::LeaseState::Released, "its job finished").await?;
         }

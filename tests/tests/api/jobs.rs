@@ -106,6 +106,18 @@ async fn a_job_runs_on_a_matching_machine_and_its_output_and_exit_status_come_ba
     let ended = job_until(&app, &w, &id, Duration::from_secs(15), |j| j["state"] == "succeeded").await;
     assert_eq!(ended["exit_code"], 0);
 
+    // A command that dies by a signal fails saying so, and counts against the machine.
+    let created = app.post("/api/v1/jobs", &w.ci, job("kill -KILL $$", 60)).await.expect(201);
+    let crashed = created.body["id"].as_str().unwrap().to_owned();
+    let ended = job_until(&app, &w, &crashed, Duration::from_secs(15), |j| j["state"] == "failed").await;
+    assert_eq!(ended["end_reason"], "the command was killed by signal 9");
+    let mut conn = app.pool().get().await.unwrap();
+    let status = fleetyard::db::machine_status::find(&mut conn, fleetyard::domain::MachineId(machine.parse().unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.crashed_jobs, 1);
+
     // Another donor sees nothing of it; its own donor does (it ran on its machine).
     app.get(&format!("/api/v1/jobs/{id}"), &w.b.token).await.expect(404);
     app.get(&format!("/api/v1/jobs/{id}"), &w.a.token).await.expect(200);

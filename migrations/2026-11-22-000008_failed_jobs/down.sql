@@ -1,0 +1,1 @@
+ALTER TABLE machine_status DROP COLUMN crashed_jobs;

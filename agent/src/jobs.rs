@@ -42,7 +42,11 @@ pub struct Runner {
 struct Handle {
     /// The process group (the job's shell's pid), once started.
     group: Mutex<Option<i32>>,
+    /// Cancelled: the server no longer wants it.
     stop: AtomicBool,
+    /// The command has exited (the timeout watch and the killer stop waiting).
+    exited: AtomicBool,
+    /// The attempt is over and reported: it may leave the runner's table.
     done: AtomicBool,
 }
 
@@ -53,7 +57,7 @@ impl Handle {
         let Some(pid) = Pid::from_raw(group) else { return };
         let _ = kill_process_group(pid, Signal::TERM);
         let deadline = Instant::now() + KILL_GRACE;
-        while Instant::now() < deadline && !self.done.load(Ordering::Relaxed) {
+        while Instant::now() < deadline && !self.exited.load(Ordering::Relaxed) {
             thread::sleep(Duration::from_millis(100));
         }
         // Whatever is left of the group, including what outlived the shell.
@@ -66,7 +70,9 @@ impl Runner {
     pub fn reconcile(&mut self, wanted: &[JobWork], reach: &Reach) {
         self.running.retain(|_, handle| !handle.done.load(Ordering::Relaxed));
         for (key, handle) in &self.running {
-            if !wanted.iter().any(|j| (j.job_id.as_str(), j.attempt) == (key.0.as_str(), key.1)) {
+            let gone = !wanted.iter().any(|j| (j.job_id.as_str(), j.attempt) == (key.0.as_str(), key.1));
+            // A job that already exited is being reported; the server dropping it is the echo.
+            if gone && !handle.exited.load(Ordering::Relaxed) {
                 say!("info", "job {} (attempt {}) was cancelled or moved: stopping it", key.0, key.1);
                 handle.stop.store(true, Ordering::Relaxed);
                 let handle = handle.clone();
@@ -81,6 +87,7 @@ impl Runner {
             let handle = Arc::new(Handle {
                 group: Mutex::new(None),
                 stop: AtomicBool::new(false),
+                exited: AtomicBool::new(false),
                 done: AtomicBool::new(false),
             });
             self.running.insert(key, handle.clone());
@@ -114,7 +121,7 @@ fn run(job: &JobWork, reach: &Reach, handle: Arc<Handle>) {
             stream_output(job, reach, &client, output, &handle);
             let status = child.wait();
             // Whatever the command left behind in its group goes with it.
-            handle.done.store(true, Ordering::Relaxed);
+            handle.exited.store(true, Ordering::Relaxed);
             if let Some(pid) = i32::try_from(child.id()).ok().and_then(Pid::from_raw) {
                 let _ = kill_process_group(pid, Signal::KILL);
             }
@@ -203,7 +210,7 @@ fn watch_timeout(job: &JobWork, handle: Arc<Handle>, timed_out: Arc<AtomicBool>)
     let deadline = Instant::now() + Duration::from_secs(u64::try_from(job.timeout_secs).unwrap_or(1));
     let id = job.job_id.clone();
     let spawned = thread::Builder::new().name(format!("timeout-{id}")).spawn(move || {
-        while !handle.done.load(Ordering::Relaxed) {
+        while !handle.exited.load(Ordering::Relaxed) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 timed_out.store(true, Ordering::Relaxed);

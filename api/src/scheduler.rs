@@ -6,13 +6,17 @@
 //!
 //! 1. take the placement lock (`pg_advisory_xact_lock`): one round at a time across replicas;
 //! 2. reclaim expired leases, fail those whose machine left the pool or went silent, and
-//!    those that waited past their deadline;
+//!    those that waited past their deadline; move the jobs of those attempts along
+//!    (`db::jobs::follow_leases`: queued again, or failed);
 //! 3. answer retries (same holder, same `Idempotency-Key`) with the lease they made;
 //! 4. write the new requests into the queue;
 //! 5. read the queue, the free machines and what is held where, and let
 //!    [`placement::plan`] decide;
 //! 6. refuse (and delete) new requests no machine in the inventory could ever take;
-//! 7. grant what was planned, in one statement.
+//! 7. grant what was planned, in one statement, and mark the jobs of granted attempts running.
+//!
+//! Between rounds the task keeps what it read ([`Snapshot`]: free machines, holdings, the
+//! inventory) for as long as the database's placement epoch is where this replica left it.
 //!
 //! A round runs when a request arrives, when [`Scheduler::wake`] is called (a lease ended, a
 //! machine became ready), and every `scheduler_tick_millis` otherwise (another replica's
@@ -24,7 +28,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -79,8 +82,7 @@ impl Scheduler {
     pub async fn submit(&self, lease: NewLease) -> Result<Answer, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.intake.try_send(Request { lease, reply }).map_err(|_| {
-            ApiError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::unavailable(
                 "busy",
                 "the scheduler has too many requests waiting; retry shortly with the same Idempotency-Key",
             )
@@ -338,7 +340,7 @@ pub async fn round_with(
             let mut written: Vec<Result<Lease, ApiError>> = Vec::with_capacity(fresh.len());
             for lease in &fresh {
                 written.push(if let Some(reason) = refused.remove(&lease.id) {
-                    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsatisfiable", reason))
+                    Err(ApiError::unprocessable("unsatisfiable", reason))
                 } else if let Some(standing) = now_standing.remove(&lease.id) {
                     Ok(standing)
                 } else {

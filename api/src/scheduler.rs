@@ -37,7 +37,7 @@ use crate::db;
 use crate::db::leases::{Connection, Grant, Lease, NewLease};
 use crate::domain::placement::{self, Candidate, Holdings};
 use crate::domain::queue::Waiting;
-use crate::domain::{LeaseId, LeaseState, MachineId};
+use crate::domain::{LeaseId, MachineId};
 use crate::error::ApiError;
 
 /// The most requests one round takes in; the rest wait for the next.
@@ -419,16 +419,4 @@ fn key_reused() -> ApiError {
 
 fn waiting_of(lease: &Lease) -> Waiting {
     Waiting { id: lease.id, tenant: lease.tenant.clone(), priority: lease.priority, queued_at: lease.queued_at }
-}
-
-/// The state a lease must be in for `want`, or why not.
-pub fn ensure_state(lease: &Lease, want: &[LeaseState]) -> Result<(), ApiError> {
-    if want.contains(&lease.state) {
-        return Ok(());
-    }
-    Err(ApiError::conflict("lease-state", format!("the lease is {}; this needs it {}", lease.state, join(want))))
-}
-
-fn join(states: &[LeaseState]) -> String {
-    states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
 }

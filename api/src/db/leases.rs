@@ -76,63 +76,37 @@ pub struct NewLease {
     pub job_id: Option<JobId>,
 }
 
-/// What placement needs of a request, from its columns.
-#[allow(clippy::too_many_arguments)]
-fn demand(
-    arch: Arch,
-    min_cores: i32,
-    min_memory_mib: i64,
-    min_disk_gib: i64,
-    labels: &Labels,
-    purpose: Purpose,
-    duration_secs: i32,
-    trusted_only: bool,
-) -> Demand {
-    Demand {
-        requirements: Requirements {
-            arch,
-            min_cores,
-            min_memory_gib: min_memory_mib / 1024,
-            min_disk_gib,
-            labels: labels.clone(),
-        },
-        purpose,
-        duration: chrono::Duration::seconds(duration_secs.into()),
-        trusted_only,
-    }
+/// A lease's requirements and placement terms, whether written yet or not: the columns
+/// `Lease` and `NewLease` share.
+macro_rules! demand_accessors {
+    ($ty:ty) => {
+        impl $ty {
+            /// What the lease needs of a machine, as the API states it.
+            pub fn requirements(&self) -> Requirements {
+                Requirements {
+                    arch: self.arch,
+                    min_cores: self.min_cores,
+                    min_memory_gib: self.min_memory_mib / 1024,
+                    min_disk_gib: self.min_disk_gib,
+                    labels: self.labels.0.clone(),
+                }
+            }
+
+            /// What placement needs of the lease.
+            pub fn demand(&self) -> Demand {
+                Demand {
+                    requirements: self.requirements(),
+                    purpose: self.purpose,
+                    duration: chrono::Duration::seconds(self.duration_secs.into()),
+                    trusted_only: self.trusted_only,
+                }
+            }
+        }
+    };
 }
 
-impl Lease {
-    pub fn demand(&self) -> Demand {
-        let l = self;
-        demand(
-            l.arch,
-            l.min_cores,
-            l.min_memory_mib,
-            l.min_disk_gib,
-            &l.labels.0,
-            l.purpose,
-            l.duration_secs,
-            l.trusted_only,
-        )
-    }
-}
-
-impl NewLease {
-    pub fn demand(&self) -> Demand {
-        let l = self;
-        demand(
-            l.arch,
-            l.min_cores,
-            l.min_memory_mib,
-            l.min_disk_gib,
-            &l.labels.0,
-            l.purpose,
-            l.duration_secs,
-            l.trusted_only,
-        )
-    }
-}
+demand_accessors!(Lease);
+demand_accessors!(NewLease);
 
 /// An arbitrary constant: the advisory lock of a placement round.
 const PLACEMENT_LOCK: i64 = 0x466c_6565_7450_6c61; // "FleetPla"
@@ -487,14 +461,15 @@ pub async fn free_machines(conn: &mut AsyncPgConnection) -> QueryResult<(Vec<Can
     Ok((candidates_of(rows), connections))
 }
 
+#[derive(QueryableByName)]
+struct Epoch {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    epoch: i64,
+}
+
 /// Bumps the placement epoch (after a round's own grants, which other replicas must hear of)
 /// and returns the new value.
 pub async fn bump_placement_epoch(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
-    #[derive(QueryableByName)]
-    struct Epoch {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        epoch: i64,
-    }
     let row: Epoch =
         diesel::sql_query("UPDATE placement_epoch SET epoch = epoch + 1 RETURNING epoch").get_result(conn).await?;
     Ok(row.epoch)
@@ -502,11 +477,6 @@ pub async fn bump_placement_epoch(conn: &mut AsyncPgConnection) -> QueryResult<i
 
 /// The counter every change to what placement reads bumps (see the migration).
 pub async fn placement_epoch(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
-    #[derive(QueryableByName)]
-    struct Epoch {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        epoch: i64,
-    }
     let row: Epoch = diesel::sql_query("SELECT epoch FROM placement_epoch").get_result(conn).await?;
     Ok(row.epoch)
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::leases::{
-    Holder, LeaseSpec, check_demand, holder, idempotency_key, may_change, new_lease, request_hash, scope,
+    LeaseSpec, check_demand, holder, idempotency_key, may_change, new_lease, queue_standing, request_hash, scope,
 };
 use super::{page, page_type, paginate};
 use crate::auth::Principal;
@@ -154,9 +154,7 @@ async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
     if queued {
         let mut conn = state.db().await?;
         if let Some(lease) = db::jobs::current_lease(&mut conn, id).await?.filter(|l| l.state == LeaseState::Queued) {
-            let (ahead, ends) = db::leases::queue_standing(&mut conn, &lease).await?;
-            let estimated_start_at = usize::try_from(ahead).ok().and_then(|n| ends.get(n).copied());
-            view.queue = Some(super::leases::QueueStanding { position: ahead + 1, estimated_start_at });
+            view.queue = Some(queue_standing(&mut conn, &lease).await?);
         }
     }
     Ok(view)
@@ -232,7 +230,7 @@ pub async fn create_job(
     drop(conn);
 
     let lease = new_lease(LeaseSpec {
-        holder: &Holder { kind: holder.kind, id: holder.id, name: holder.name.clone() },
+        holder: &holder,
         requirements: &request.requirements,
         purpose: request.purpose,
         priority: request.priority,

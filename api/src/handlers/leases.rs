@@ -5,7 +5,7 @@ use std::time::Duration as StdDuration;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Duration, Utc};
-use diesel_async::AsyncConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
@@ -22,7 +22,7 @@ use crate::domain::usage_policy::Purpose;
 use crate::domain::{Arch, FieldErrors, HolderKind, JobId, LeaseId, LeaseState, MachineId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
-use crate::scheduler::{Answer, ensure_state};
+use crate::scheduler::Answer;
 use crate::state::AppState;
 use crate::views::SshEndpoint;
 
@@ -105,19 +105,14 @@ pub struct LeaseView {
 
 impl LeaseView {
     fn new(lease: Lease, connection: Option<SshEndpoint>, queue: Option<QueueStanding>) -> Self {
+        let requirements = lease.requirements();
         Self {
             id: lease.id,
             state: lease.state,
             tenant: lease.tenant,
             purpose: lease.purpose,
             priority: lease.priority,
-            requirements: Requirements {
-                arch: lease.arch,
-                min_cores: lease.min_cores,
-                min_memory_gib: lease.min_memory_mib / 1024,
-                min_disk_gib: lease.min_disk_gib,
-                labels: lease.labels.0,
-            },
+            requirements,
             trusted_only: lease.trusted_only,
             duration_minutes: i64::from(lease.duration_secs) / 60,
             holder: LeaseHolder { kind: lease.holder_kind, name: lease.holder_name },
@@ -343,8 +338,13 @@ fn endpoint(c: Connection) -> SshEndpoint {
 /// the queue when queued.
 async fn view(state: &AppState, lease: Lease) -> Result<LeaseView, ApiError> {
     let mut conn = state.db().await?;
+    view_on(&mut conn, lease).await
+}
+
+/// [`view`] on a connection the caller already holds (a list reuses one for every item).
+async fn view_on(conn: &mut AsyncPgConnection, lease: Lease) -> Result<LeaseView, ApiError> {
     let connection = match (lease.state, lease.machine_id) {
-        (LeaseState::Granted, Some(machine)) => db::machines::find(&mut conn, machine).await?.and_then(|m| {
+        (LeaseState::Granted, Some(machine)) => db::machines::find(conn, machine).await?.and_then(|m| {
             Some(SshEndpoint {
                 host: m.ssh_host?,
                 port: m.ssh_port.unwrap_or(22),
@@ -353,14 +353,15 @@ async fn view(state: &AppState, lease: Lease) -> Result<LeaseView, ApiError> {
         }),
         _ => None,
     };
-    let queue = if lease.state == LeaseState::Queued {
-        let (ahead, ends) = db::leases::queue_standing(&mut conn, &lease).await?;
-        let estimated_start_at = usize::try_from(ahead).ok().and_then(|n| ends.get(n).copied());
-        Some(QueueStanding { position: ahead + 1, estimated_start_at })
-    } else {
-        None
-    };
+    let queue = if lease.state == LeaseState::Queued { Some(queue_standing(conn, &lease).await?) } else { None };
     Ok(LeaseView::new(lease, connection, queue))
+}
+
+/// Where a queued lease stands (for a job, its current attempt's lease).
+pub(super) async fn queue_standing(conn: &mut AsyncPgConnection, lease: &Lease) -> Result<QueueStanding, ApiError> {
+    let (ahead, ends) = db::leases::queue_standing(conn, lease).await?;
+    let estimated_start_at = usize::try_from(ahead).ok().and_then(|n| ends.get(n).copied());
+    Ok(QueueStanding { position: ahead + 1, estimated_start_at })
 }
 
 /// Waits up to `wait` for a queued lease to leave the queue, and returns it as it then stands.
@@ -475,11 +476,10 @@ pub async fn list_leases(
     };
     let mut conn = state.db().await?;
     let rows = db::leases::list(&mut conn, scope, &filter, page).await?;
-    drop(conn);
     let (rows, next_cursor) = paginate(rows, &page, |l| l.id);
     let mut items = Vec::with_capacity(rows.len());
     for lease in rows {
-        items.push(view(&state, lease).await?);
+        items.push(view_on(&mut conn, lease).await?);
     }
     Ok(web::Json(LeasePage { items, next_cursor }))
 }
@@ -631,4 +631,16 @@ pub async fn release_lease(
         .await?;
     state.scheduler.wake();
     Ok(web::Json(view(&state, ended).await?))
+}
+
+/// The state a lease must be in for `want`, or why not.
+pub fn ensure_state(lease: &Lease, want: &[LeaseState]) -> Result<(), ApiError> {
+    if want.contains(&lease.state) {
+        return Ok(());
+    }
+    Err(ApiError::conflict("lease-state", format!("the lease is {}; this needs it {}", lease.state, join(want))))
+}
+
+fn join(states: &[LeaseState]) -> String {
+    states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
 }

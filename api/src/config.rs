@@ -244,6 +244,9 @@ impl Config {
         if self.heartbeat_interval_secs == 0 || self.missed_heartbeats == 0 {
             bail!("FLEETYARD_HEARTBEAT_INTERVAL_SECS and FLEETYARD_MISSED_HEARTBEATS must be positive");
         }
+        if self.heartbeat_flush_millis == 0 || self.agent_token_cache_secs == 0 {
+            bail!("FLEETYARD_HEARTBEAT_FLUSH_MILLIS and FLEETYARD_AGENT_TOKEN_CACHE_SECS must be positive");
+        }
         if self.lease_max_minutes < 1 || self.lease_default_wait_minutes < 0 || self.scheduler_tick_millis == 0 {
             bail!("FLEETYARD_LEASE_MAX_MINUTES and FLEETYARD_SCHEDULER_TICK_MILLIS must be positive");
         }

@@ -8,6 +8,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -27,6 +28,27 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = JsonBody::from_request(req, payload);
+        Box::pin(async move { body.await?.parse().map(Json) })
+    }
+}
+
+/// A JSON request body, checked (content type, size) but not yet parsed: for a handler that
+/// parses it into a type borrowing from it.
+#[derive(Debug)]
+pub struct JsonBody(web::Bytes);
+
+impl JsonBody {
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
+        parse_json(&self.0)
+    }
+}
+
+impl FromRequest for JsonBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let is_json = req
             .mime_type()
             .ok()
@@ -41,15 +63,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
                     "send the request body as JSON with `Content-Type: application/json`",
                 ));
             }
-            let bytes = body.await.map_err(|error| match error.as_error::<PayloadError>() {
+            body.await.map(JsonBody).map_err(|error| match error.as_error::<PayloadError>() {
                 Some(PayloadError::Overflow) => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body-too-large",
                     "the request body is larger than this server accepts",
                 ),
                 _ => ApiError::new(StatusCode::BAD_REQUEST, "unreadable-body", error.to_string()),
-            })?;
-            parse_json(&bytes).map(Json)
+            })
         })
     }
 }
@@ -57,7 +78,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
 /// Deserialises `bytes` as `T`, turning serde's errors into field-named API errors. Valid
 /// bodies take plain serde_json; only a body that fails is parsed again with path tracking,
 /// to say where it went wrong.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).or_else(|_| explain_json_error(bytes))
 }
 
@@ -76,7 +97,7 @@ pub fn parse_json_at<T: DeserializeOwned>(bytes: &[u8], field: &str) -> Result<T
     })
 }
 
-fn explain_json_error<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn explain_json_error<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     let malformed = |inner: &serde_json::Error| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed-json", format!("the request body is not valid JSON: {inner}"))
     };

@@ -7,13 +7,13 @@
 //! newer beat waits for the next flush after that, and is never dropped), so an agent beating
 //! too often cannot multiply the database's work; agents beating at their interval are all
 //! written. Facts are parsed and written only when they change: this replica remembers a hash
-//! of each machine's last facts. A crash loses at most one flush interval of heartbeats: the
-//! next ones, ten seconds later, say the same.
+//! of the facts each agent last sent, with its credential (`auth::agents`). A crash loses at
+//! most one flush interval of heartbeats: the next ones, ten seconds later, say the same.
 
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, RwLock};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // Seeded per process, and several times faster than SipHash on these keys.
@@ -36,8 +36,6 @@ pub struct HeartbeatIngest {
     queue: Arc<Mutex<HashMap<MachineId, HeartbeatRow>>>,
     stop: Arc<Notify>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Per machine: a hash of the last facts seen (as sent), and their CPU count.
-    facts_seen: RwLock<HashMap<MachineId, (u64, u32)>>,
 }
 
 /// The queue is full: the database is not keeping up.
@@ -52,7 +50,7 @@ impl HeartbeatIngest {
         let queue = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(Notify::new());
         let writer = tokio::spawn(write_batches(pool, queue.clone(), flush_every, min_write_interval, stop.clone()));
-        Self { queue, stop, writer: Mutex::new(Some(writer)), facts_seen: RwLock::new(HashMap::new()) }
+        Self { queue, stop, writer: Mutex::new(Some(writer)) }
     }
 
     /// Queues a heartbeat for the next batch (replacing an older one of the same machine).
@@ -72,19 +70,6 @@ impl HeartbeatIngest {
         Ok(())
     }
 
-    /// The CPU count of the machine's facts, if this replica has seen exactly these facts
-    /// (`raw_hash`, see [`raw_hash`]) from it before.
-    pub fn known_facts(&self, machine: MachineId, raw_hash: u64) -> Option<u32> {
-        let seen = self.facts_seen.read().ok()?;
-        seen.get(&machine).filter(|(hash, _)| *hash == raw_hash).map(|(_, cpus)| *cpus)
-    }
-
-    pub fn remember_facts(&self, machine: MachineId, raw_hash: u64, cpu_count: u32) {
-        if let Ok(mut seen) = self.facts_seen.write() {
-            seen.insert(machine, (raw_hash, cpu_count));
-        }
-    }
-
     /// Stops accepting heartbeats and waits for the last batch to be written.
     pub async fn shutdown(&self) {
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
@@ -96,11 +81,10 @@ impl HeartbeatIngest {
 }
 
 /// A hash of facts as sent (the agent sends them the same way each time), to recognise
-/// unchanged facts without parsing them.
-pub fn raw_hash(facts_json: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    facts_json.hash(&mut hasher);
-    hasher.finish()
+/// unchanged facts without parsing them. Only the agent itself could make two of its texts
+/// collide, and it could as well send its old facts again: a fast hash will do.
+pub fn facts_text_hash(facts_json: &str) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(facts_json)
 }
 
 /// A hash of a machine's facts, stored with them to notice when they change. Stable across

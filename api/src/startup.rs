@@ -12,6 +12,7 @@ use utoipa_actix_web::AppExt;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::RequestSpan;
 use crate::{handlers::system, routes};
 
 /// The whole application: routes, extractor settings and middleware around `state`.
@@ -40,7 +41,7 @@ pub fn build_app(
         .route("/api/docs", web::get().to(system::docs))
         .route("/api/docs/{file}", web::get().to(system::docs))
         .default_service(web::to(routes::route_not_found))
-        .wrap(TracingLogger::default())
+        .wrap(TracingLogger::<RequestSpan>::new())
 }
 
 /// A bound, not yet running server.

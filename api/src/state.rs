@@ -46,13 +46,14 @@ pub struct SshKey {
 const SSH_KEY_NAME: &str = "ssh-ed25519";
 
 impl AppState {
-    /// Builds the state and starts the heartbeat writer (needs a tokio runtime).
+    /// Builds the state and starts its background tasks: the heartbeat writer, the revocation
+    /// poll, the scheduler (needs a tokio runtime).
     pub fn new(pool: db::Pool, config: Config) -> Self {
         let config = Arc::new(config);
         Self {
             tokens: Arc::new(TokenKeys::new(&config)),
             openapi_json: crate::routes::openapi_json().into(),
-            agents: Arc::new(AgentCredentials::new(Duration::from_secs(config.agent_token_cache_secs))),
+            agents: AgentCredentials::start(pool.clone(), Duration::from_secs(config.agent_token_cache_secs)),
             heartbeats: Arc::new(HeartbeatIngest::start(
                 pool.clone(),
                 Duration::from_millis(config.heartbeat_flush_millis),

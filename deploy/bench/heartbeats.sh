@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Heartbeat ingest benchmark (release builds, PostgreSQL on this machine, loopback only).
 #
-#   deploy/bench/heartbeats.sh            # 10,000 and 100,000 identities, 15 s per measurement
-#   SECONDS_PER_RUN=30 deploy/bench/heartbeats.sh
+#   deploy/bench/heartbeats.sh                 # 10,000 and 100,000 identities
+#   WORKERS=1 deploy/bench/heartbeats.sh       # one HTTP worker thread (default: one per core)
+#   ROUNDS=20 SLICE_SECONDS=2 deploy/bench/heartbeats.sh
 #
 # For each identity count, in one run against one server:
 #   1. warm-up: each machine sends one heartbeat (its facts are stored once, as when agents start);
-#   2. the ceiling: GET /healthz as fast as the server answers (64 connections);
-#   3. heartbeats as fast as the server answers (64 connections);
-#   4. heartbeats at a fixed 10,000 per second (open loop: latency counted from when each was due).
+#   2. ROUNDS rounds of two closed-loop slices of SLICE_SECONDS each, in turn: the ceiling
+#      (GET /healthz as fast as the server answers, 64 connections) and heartbeats as fast as the
+#      server answers (64 connections). The ratio is taken per round, between neighbouring
+#      slices: on two shared cores the ceiling alone swings by a third from minute to minute;
+#   3. heartbeats at a fixed 10,000 per second for OPEN_LOOP_SECONDS (open loop: latency counted
+#      from when each was due).
 # PostgreSQL runs with its normal durability settings (fsync on) from .local/pg-bench. Background
 # jobs are off on the server so that the figures are the ingest path's alone, and it logs warnings
 # only (per-request log lines would be measured otherwise).
@@ -18,7 +22,10 @@ deploy/need.sh curl curl
 
 PG_PORT=${FLEETYARD_BENCH_PG_PORT:-54331}
 LISTEN=${FLEETYARD_BENCH_LISTEN:-127.0.0.1:18080}
-SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
+ROUNDS=${ROUNDS:-10}
+SLICE_SECONDS=${SLICE_SECONDS:-3}
+WORKERS=${WORKERS:-0}
+OPEN_LOOP_SECONDS=${OPEN_LOOP_SECONDS:-15}
 IDENTITIES=${IDENTITIES:-"10000 100000"}
 MAX_IDENTITIES=$(tr ' ' '\n' <<<"$IDENTITIES" | sort -n | tail -n 1)
 
@@ -38,23 +45,21 @@ FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LOG_FILTER
   --identities "$MAX_IDENTITIES" --out "$work/credentials.txt"
 
 FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LISTEN=$LISTEN \
-  FLEETYARD_LOG_FILTER=warn FLEETYARD_SCHEDULES__ENABLED=false \
+  FLEETYARD_LOG_FILTER=warn FLEETYARD_SCHEDULES__ENABLED=false FLEETYARD_WORKERS=$WORKERS \
   "$bin/fleetyard" serve 2>"$work/server.log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null; deploy/pg.sh stop bench >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 100); do curl -sf "http://$LISTEN/readyz" >/dev/null && break; sleep 0.1; done
 
-load() { "$bin/fleetyard-loadgen" run --server "$LISTEN" --credentials "$work/credentials.txt" "$@"; }
+loadgen() { "$bin/fleetyard-loadgen" "$1" --server "$LISTEN" --credentials "$work/credentials.txt" "${@:2}"; }
 results=$work/results.jsonl
 : >"$results"
 for n in $IDENTITIES; do
   echo "== $n identities" >&2
-  load --target heartbeat --identities "$n" --once --seconds 600 >/dev/null
-  for spec in "healthz" "heartbeat" "heartbeat --rate 10000"; do
-    # shellcheck disable=SC2086
-    line=$(load --identities "$n" --seconds "$SECONDS_PER_RUN" --target $spec)
-    echo "$line" | tee -a "$results" >&2
-  done
+  loadgen run --target heartbeat --identities "$n" --once --seconds 600 >/dev/null
+  loadgen compare --identities "$n" --rounds "$ROUNDS" --slice-seconds "$SLICE_SECONDS" --server-pid "$server_pid" \
+    | tee -a "$results" >&2
+  loadgen run --target heartbeat --identities "$n" --rate 10000 --seconds "$OPEN_LOOP_SECONDS" | tee -a "$results" >&2
 done
 
 echo

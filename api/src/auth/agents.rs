@@ -1,26 +1,32 @@
 //! The agent caller: a machine credential, checked on the hottest path of the system.
 //!
 //! Every heartbeat would otherwise cost a signature check and a database read. Each replica
-//! remembers, per exact credential string it has verified, which machine it speaks for and
-//! until when: a string seen before is the same bytes that passed the signature check, so only
-//! its expiry is checked again. Revocations reach the memory two ways: at once on the replica
-//! that revoked (it evicts), and on every replica through a poll, every
-//! `agent_token_cache_secs`, for agent credentials revoked since the last poll. The cost is
-//! one small query per replica per poll, however many agents there are.
+//! remembers, per credential it has verified, which machine it speaks for and until when: a
+//! credential seen before is the same bytes that passed the signature check, so only its expiry
+//! is checked again. The memory is keyed by a 128-bit SipHash of the credential under a key
+//! drawn at start and never shown, so no one can make another string land on a remembered
+//! credential; and a heartbeat finds everything this replica knows of its agent (including the
+//! facts it last sent) in one small entry, rather than chasing a 300-byte string on the heap.
+//!
+//! Revocations reach the memory two ways: at once on the replica that revoked (it evicts), and
+//! on every replica through a background poll, every `agent_token_cache_secs`, for agent
+//! credentials revoked since the last poll. The cost is one small query per replica per poll,
+//! however many agents there are, and a remembered credential is answered without an await.
 
-use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, web};
 use chrono::{DateTime, Utc};
-// Seeded per process, and several times faster than SipHash on these keys.
-use foldhash::{HashMap, HashMapExt};
-use futures_util::future::LocalBoxFuture;
+// The keys are keyed hashes already: the table's own hash need only be fast.
+use foldhash::HashMap;
+use futures_util::future::{Either, LocalBoxFuture, Ready, ready};
+use siphasher::sip128::SipHasher13;
 
 use super::TokenKind;
-use crate::db;
+use crate::db::{self, Pool};
 use crate::domain::{MachineId, Role, TokenId};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -30,7 +36,21 @@ use crate::state::AppState;
 pub struct AgentCaller {
     pub token_id: TokenId,
     pub machine_id: MachineId,
+    /// The facts this replica last heard from this credential's agent, if any.
+    pub facts_seen: Option<FactsSeen>,
+    key: CredentialKey,
 }
+
+/// Facts as an agent last sent them: a hash of their text (agents send the same text while
+/// nothing changes), and the CPU count in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactsSeen {
+    pub text_hash: u64,
+    pub cpu_count: u32,
+}
+
+/// A credential, as this replica's memory knows it: its keyed 128-bit SipHash.
+type CredentialKey = u128;
 
 #[derive(Debug, Clone, Copy)]
 struct Cached {
@@ -38,15 +58,15 @@ struct Cached {
     machine_id: Option<MachineId>,
     /// The credential's own expiry (`exp`), as a Unix time.
     expires: i64,
+    facts_seen: Option<FactsSeen>,
 }
 
-/// What this replica knows about machine credentials, by credential string.
+/// What this replica knows about machine credentials.
 #[derive(Debug)]
 pub struct AgentCredentials {
-    poll_every: Duration,
-    known: RwLock<HashMap<String, Cached>>,
-    /// When revocations were last polled, and from which database time to poll next.
-    poll: Mutex<(Instant, Option<DateTime<Utc>>)>,
+    /// The secret key of the credential hash, drawn at start.
+    hasher: SipHasher13,
+    known: RwLock<HashMap<CredentialKey, Cached>>,
 }
 
 /// Polls look this far back before the previous poll, so a revocation whose transaction was
@@ -57,25 +77,40 @@ const POLL_OVERLAP: chrono::Duration = chrono::Duration::seconds(10);
 const MAX_REMEMBERED: usize = 1_000_000;
 
 impl AgentCredentials {
-    pub fn new(poll_every: Duration) -> Self {
-        Self { poll_every, known: RwLock::new(HashMap::new()), poll: Mutex::new((Instant::now(), None)) }
+    /// An empty memory, and a task (on the current tokio runtime) that polls for revocations
+    /// every `poll_every` for as long as the memory is in use.
+    pub fn start(pool: Pool, poll_every: Duration) -> Arc<Self> {
+        let credentials = Arc::new(Self {
+            hasher: SipHasher13::new_with_keys(rand::random(), rand::random()),
+            known: RwLock::default(),
+        });
+        tokio::spawn(poll_revocations(Arc::downgrade(&credentials), pool, poll_every));
+        credentials
     }
 
-    /// The agent a credential string belongs to, or why it does not.
-    pub async fn authenticate(&self, state: &AppState, credential: &str) -> Result<AgentCaller, ApiError> {
-        let refused = || ApiError::unauthenticated("the machine credential is revoked, expired or unknown");
-        if let Err(e) = self.poll_revocations(state).await {
-            // What is remembered stays right until the next poll gets through.
-            tracing::warn!("polling for revoked agent credentials: {e}");
-        }
-        let cached = self.known.read().ok().and_then(|known| known.get(credential).copied());
-        if let Some(entry) = cached {
-            if entry.expires <= Utc::now().timestamp() {
-                return Err(ApiError::unauthenticated("the token has expired"));
-            }
-            let machine_id = entry.machine_id.ok_or_else(refused)?;
-            return Ok(AgentCaller { token_id: entry.token_id, machine_id });
-        }
+    /// The agent a credential belongs to, or why it does not, if this replica remembers the
+    /// credential: the hot path, with no await.
+    fn remembered(&self, credential: &str) -> Option<Result<AgentCaller, ApiError>> {
+        let key = self.key(credential);
+        let entry = self.known.read().ok()?.get(&key).copied()?;
+        Some(if entry.expires <= Utc::now().timestamp() {
+            Err(ApiError::unauthenticated("the token has expired"))
+        } else {
+            entry
+                .machine_id
+                .map(|machine_id| AgentCaller {
+                    token_id: entry.token_id,
+                    machine_id,
+                    facts_seen: entry.facts_seen,
+                    key,
+                })
+                .ok_or_else(refused)
+        })
+    }
+
+    /// Checks a credential this replica does not remember (its signature, then its row) and
+    /// remembers the answer.
+    async fn verify(&self, state: &AppState, credential: &str) -> Result<AgentCaller, ApiError> {
         let claims = state.tokens.verify(credential)?;
         if claims.typ != TokenKind::Agent {
             return Err(ApiError::forbidden("this endpoint is for machine agents"));
@@ -89,36 +124,27 @@ impl AgentCredentials {
         let machine_id = row
             .filter(|t| t.role == Role::Agent && t.revoked_at.is_none_or(|at| at > now) && t.expires_at > now)
             .and_then(|t| t.machine_id);
+        let key = self.key(credential);
         if let Ok(mut known) = self.known.write() {
             if known.len() >= MAX_REMEMBERED {
                 known.clear();
             }
-            let entry = Cached { token_id, machine_id, expires: until };
-            known.insert(credential.to_owned(), entry);
+            known.insert(key, Cached { token_id, machine_id, expires: until, facts_seen: None });
         }
-        Ok(AgentCaller { token_id, machine_id: machine_id.ok_or_else(refused)? })
+        Ok(AgentCaller { token_id, machine_id: machine_id.ok_or_else(refused)?, facts_seen: None, key })
     }
 
-    /// Every `poll_every`, one caller asks the database for revocations since the last poll and
-    /// evicts them; everyone else goes on.
-    async fn poll_revocations(&self, state: &AppState) -> Result<(), ApiError> {
-        let since = {
-            let Ok(mut poll) = self.poll.try_lock() else { return Ok(()) };
-            if poll.0.elapsed() < self.poll_every && poll.1.is_some() {
-                return Ok(());
-            }
-            poll.0 = Instant::now();
-            poll.1
-        };
-        // The first poll starts from now: nothing is cached yet.
-        let mut conn = state.db().await?;
-        let from = since.map_or_else(Utc::now, |at| at - POLL_OVERLAP);
-        let (revoked, now) = db::api_tokens::agent_revocations_since(&mut conn, from).await?;
-        self.evict(&revoked);
-        if let Ok(mut poll) = self.poll.lock() {
-            poll.1 = Some(now);
+    fn key(&self, credential: &str) -> CredentialKey {
+        self.hasher.hash(credential.as_bytes()).as_u128()
+    }
+
+    /// Remembers the facts `agent` just sent, for its next heartbeats.
+    pub fn remember_facts(&self, agent: &AgentCaller, seen: FactsSeen) {
+        if let Ok(mut known) = self.known.write()
+            && let Some(entry) = known.get_mut(&agent.key)
+        {
+            entry.facts_seen = Some(seen);
         }
-        Ok(())
     }
 
     /// Forgets credentials at once (after a revocation on this replica).
@@ -132,22 +158,60 @@ impl AgentCredentials {
     }
 }
 
+fn refused() -> ApiError {
+    ApiError::unauthenticated("the machine credential is revoked, expired or unknown")
+}
+
+/// Every `poll_every`, asks the database for agent credentials revoked since the last poll and
+/// forgets them. Stops when the memory is dropped.
+async fn poll_revocations(credentials: Weak<AgentCredentials>, pool: Pool, poll_every: Duration) {
+    // The first poll starts from now: nothing is remembered yet.
+    let mut from: Option<DateTime<Utc>> = None;
+    let mut tick = tokio::time::interval(poll_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(credentials) = credentials.upgrade() else { return };
+        let since = from.map_or_else(Utc::now, |at| at - POLL_OVERLAP);
+        let polled = match pool.get().await {
+            Ok(mut conn) => {
+                db::api_tokens::agent_revocations_since(&mut conn, since).await.map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(anyhow::Error::from(e)),
+        };
+        match polled {
+            Ok((revoked, db_now)) => {
+                credentials.evict(&revoked);
+                from = Some(db_now);
+            }
+            // What is remembered stays right until a poll gets through, from the same point.
+            Err(e) => tracing::warn!("polling for revoked agent credentials: {e:#}"),
+        }
+    }
+}
+
 impl FromRequest for AgentCaller {
     type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+    type Future = Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        // A cheap reference-counted clone, not a copy of the 300-byte credential.
-        let header = req.headers().get(AUTHORIZATION).cloned();
-        Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
-            let token = header
-                .as_ref()
-                .and_then(|value| value.to_str().ok())
-                .and_then(super::bearer_token)
-                .ok_or_else(|| ApiError::unauthenticated("send the machine credential as a bearer token"))?;
-            state.agents.authenticate(&state, token).await
-        })
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return Either::Left(ready(Err(ApiError::internal(anyhow::anyhow!("application state missing")))));
+        };
+        let token = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(super::bearer_token)
+            .ok_or_else(|| ApiError::unauthenticated("send the machine credential as a bearer token"));
+        let token = match token {
+            Ok(token) => token,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        if let Some(known) = state.agents.remembered(token) {
+            return Either::Left(ready(known));
+        }
+        let (state, token) = (state.clone(), token.to_owned());
+        Either::Right(Box::pin(async move { state.agents.verify(&state, &token).await }))
     }
 }

@@ -14,7 +14,7 @@ use actix_web::{FromRequest, HttpRequest, web};
 use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
 
-pub use self::agents::{AgentCaller, AgentCredentials};
+pub use self::agents::{AgentCaller, AgentCredentials, FactsSeen};
 pub use self::password::{MIN_PASSWORD_CHARS, hash_password, verify_password};
 pub use self::token::{Claims, IssuedToken, TokenKeys, TokenKind};
 use crate::db::{self, audit::Actor};

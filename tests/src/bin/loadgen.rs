@@ -7,9 +7,13 @@
 //!   connections, either as fast as the server answers (closed loop) or at a fixed rate
 //!   (open loop, latency measured from when each request was due, so a stall is counted in
 //!   full rather than hidden).
+//! - `compare` measures heartbeats against the ceiling in alternating slices (ceiling,
+//!   heartbeats, heartbeats, ceiling, ...), so that both see the same machine: on shared
+//!   cores the ceiling alone swings by a third between runs a minute apart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,6 +27,7 @@ use fleetyard::domain::{Arch, LifecycleState, MachineId, Role, TokenId};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper::header::HeaderValue;
 use hyper_util::rt::TokioIo;
 
 #[derive(Parser)]
@@ -69,6 +74,27 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Alternates closed-loop slices of `GET /healthz` and heartbeats; prints one JSON line
+    /// with the medians and the heartbeat/ceiling ratio of each pair of neighbouring slices.
+    Compare {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        server: SocketAddr,
+        #[arg(long)]
+        credentials: PathBuf,
+        /// Use only the first N credentials.
+        #[arg(long)]
+        identities: Option<usize>,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Pairs of slices (one of each target).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        slice_seconds: u64,
+        /// The server's process id: its CPU time per request is reported for each target.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Prints `run`'s JSON lines (from a file) as a Markdown table, with the heartbeat/ceiling
     /// ratio.
     Table { results: PathBuf },
@@ -93,9 +119,7 @@ fn main() -> anyhow::Result<()> {
                 bail!("the load generator only talks to loopback addresses");
             }
             let mut tokens = match (target, credentials) {
-                (Target::Heartbeat, Some(path)) => {
-                    std::fs::read_to_string(&path)?.lines().map(str::to_owned).collect::<Vec<_>>()
-                }
+                (Target::Heartbeat, Some(path)) => read_credentials(&path)?,
                 (Target::Heartbeat, None) => bail!("--credentials is required for heartbeats"),
                 (Target::Healthz, _) => vec![String::new()],
             };
@@ -103,7 +127,21 @@ fn main() -> anyhow::Result<()> {
                 tokens.truncate(limit);
             }
             let plan = Plan { target, connections, duration: Duration::from_secs(seconds), rate, once };
-            let report = runtime.block_on(run(server, plan, tokens))?;
+            let report = runtime.block_on(run(server, plan, bearer_headers(&tokens)?))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Compare { server, credentials, identities, connections, rounds, slice_seconds, server_pid } => {
+            if !server.ip().is_loopback() {
+                bail!("the load generator only talks to loopback addresses");
+            }
+            let mut tokens = read_credentials(&credentials)?;
+            if let Some(limit) = identities {
+                tokens.truncate(limit);
+            }
+            let slice = Duration::from_secs(slice_seconds);
+            let plan = Comparing { connections, rounds, slice, server_pid };
+            let report = runtime.block_on(compare(server, plan, tokens))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -111,33 +149,85 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The Markdown tables of `compare`'s and `run`'s JSON lines.
 fn table(results: &str) -> anyhow::Result<()> {
     let reports: Vec<serde_json::Value> = results.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    println!("| identities | measurement | requests/s | of the ceiling | p50 ms | p99 ms | errors |");
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
-    let mut ceiling = 0.0;
-    for r in &reports {
-        let per_second = r["per_second"].as_f64().unwrap_or_default();
-        let (what, share) = match (r["target"].as_str(), r["rate_asked"].as_u64()) {
-            (Some("healthz"), _) => {
-                ceiling = per_second;
-                ("`GET /healthz`, as fast as answered (the ceiling)".to_owned(), "100 %".to_owned())
-            }
-            (_, Some(rate)) => (format!("heartbeats at {rate}/s (open loop)"), "".to_owned()),
-            _ => (
-                "heartbeats, as fast as answered".to_owned(),
-                format!("{:.0} %", 100.0 * per_second / ceiling.max(1.0)),
-            ),
+    let (comparisons, runs): (Vec<_>, Vec<_>) = reports.iter().partition(|r| r["ratios"].is_array());
+    let list = |r: &serde_json::Value, key: &str| -> Vec<f64> {
+        r[key].as_array().map(|v| v.iter().filter_map(serde_json::Value::as_f64).collect()).unwrap_or_default()
+    };
+    if !comparisons.is_empty() {
+        println!(
+            "| identities | `GET /healthz` (ceiling), req/s | heartbeats, req/s | **heartbeats / ceiling** | heartbeat p50 / p99 ms | server CPU µs per request: ceiling / heartbeat | errors |"
+        );
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    }
+    for r in &comparisons {
+        let (ceiling, beats, ratios) =
+            (list(r, "ceiling_per_second"), list(r, "heartbeats_per_second"), list(r, "ratios"));
+        let spread = |v: &[f64], scale: f64, unit: &str| {
+            let (low, high) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
+            format!("{:.0}{unit} ({:.0}–{:.0})", median(v) * scale, low * scale, high * scale)
+        };
+        let (ceiling_cpu, beat_cpu) =
+            (list(r, "server_cpu_us_per_ceiling_request"), list(r, "server_cpu_us_per_heartbeat"));
+        println!(
+            "| {} | {} | {} | **{}** | {:.2} / {:.2} | {:.1} / {:.1} | {} |",
+            r["identities"],
+            spread(&ceiling, 1.0, ""),
+            spread(&beats, 1.0, ""),
+            spread(&ratios, 100.0, " %"),
+            r["heartbeat_p50_ms"].as_f64().unwrap_or_default(),
+            r["heartbeat_p99_ms"].as_f64().unwrap_or_default(),
+            median(&ceiling_cpu),
+            median(&beat_cpu),
+            r["errors"]
+        );
+    }
+    if !runs.is_empty() {
+        println!();
+        println!("| identities | measurement | requests/s | p50 ms | p99 ms | max ms | errors |");
+        println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    }
+    for r in &runs {
+        let what = match (r["target"].as_str(), r["rate_asked"].as_u64()) {
+            (Some("healthz"), _) => "`GET /healthz`, as fast as answered".to_owned(),
+            (_, Some(rate)) => format!("heartbeats at {rate}/s (open loop)"),
+            _ => "heartbeats, as fast as answered".to_owned(),
         };
         println!(
-            "| {} | {what} | {per_second:.0} | {share} | {:.2} | {:.2} | {} |",
+            "| {} | {what} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
             r["identities"],
+            r["per_second"].as_f64().unwrap_or_default(),
             r["p50_ms"].as_f64().unwrap_or_default(),
             r["p99_ms"].as_f64().unwrap_or_default(),
+            r["max_ms"].as_f64().unwrap_or_default(),
             r["errors"]
         );
     }
     Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn read_credentials(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+/// The `Authorization` header of each credential, built once: the generator should spend its
+/// CPU sending, not formatting.
+fn bearer_headers(tokens: &[String]) -> anyhow::Result<Arc<Vec<HeaderValue>>> {
+    let headers = tokens.iter().map(|t| HeaderValue::from_str(&format!("Bearer {t}"))).collect::<Result<_, _>>()?;
+    Ok(Arc::new(headers))
 }
 
 /// What `setup` declares, and what `run` reports: no contradiction to flag.
@@ -225,15 +315,117 @@ struct Plan {
     once: bool,
 }
 
-async fn run(server: SocketAddr, plan: Plan, tokens: Vec<String>) -> anyhow::Result<Report> {
+/// How to compare.
+#[derive(Debug, Clone, Copy)]
+struct Comparing {
+    connections: usize,
+    rounds: usize,
+    slice: Duration,
+    server_pid: Option<u32>,
+}
+
+/// One `compare`: slices of each target in turn.
+#[derive(Debug, Default, serde::Serialize)]
+struct Comparison {
+    identities: usize,
+    connections: usize,
+    slice_seconds: u64,
+    ceiling_per_second: Vec<f64>,
+    heartbeats_per_second: Vec<f64>,
+    /// Per round: heartbeats over the ceiling measured next to them.
+    ratios: Vec<f64>,
+    /// Medians over the heartbeat slices.
+    heartbeat_p50_ms: f64,
+    heartbeat_p99_ms: f64,
+    errors: u64,
+    /// Per slice, the server's CPU time per request (µs), when its process id was given.
+    server_cpu_us_per_ceiling_request: Vec<f64>,
+    server_cpu_us_per_heartbeat: Vec<f64>,
+    /// Per slice, this load generator's own CPU time per request (µs): it shares the machine.
+    loadgen_cpu_us_per_ceiling_request: Vec<f64>,
+    loadgen_cpu_us_per_heartbeat: Vec<f64>,
+    /// Per slice, the share of the machine's CPU time that was busy (all processes).
+    machine_busy_ceiling: Vec<f64>,
+    machine_busy_heartbeats: Vec<f64>,
+}
+
+/// CPU time used so far, in clock ticks: of a process (`/proc/<pid>/stat`: user + system).
+fn process_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("unexpected /proc stat")?.1.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// The whole machine's busy and total clock ticks so far (`/proc/stat`).
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks[3] + ticks.get(4).copied().unwrap_or_default();
+    let total: u64 = ticks.iter().take(8).sum();
+    Ok((total - idle, total))
+}
+
+async fn compare(server: SocketAddr, how: Comparing, tokens: Vec<String>) -> anyhow::Result<Comparison> {
+    let Comparing { connections, rounds, slice, server_pid } = how;
+    let headers = bearer_headers(&tokens)?;
+    let plan = |target| Plan { target, connections, duration: slice, rate: None, once: false };
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut result =
+        Comparison { identities: tokens.len(), connections, slice_seconds: slice.as_secs(), ..Default::default() };
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Ceiling first in even rounds, heartbeats first in odd ones: neither always runs on
+        // the heels of the other.
+        let order =
+            if round % 2 == 0 { [Target::Healthz, Target::Heartbeat] } else { [Target::Heartbeat, Target::Healthz] };
+        let (mut ceiling, mut beats) = (0.0, 0.0);
+        for target in order {
+            let server_before = server_pid.map(process_ticks).transpose()?;
+            let (machine_before, own_before) = (machine_ticks()?, process_ticks(std::process::id())?);
+            let report = run(server, plan(target), headers.clone()).await?;
+            let (machine_after, own_after) = (machine_ticks()?, process_ticks(std::process::id())?);
+            let own_us = (own_after - own_before) as f64 / ticks_per_second * 1e6 / report.completed.max(1) as f64;
+            let busy = (machine_after.0 - machine_before.0) as f64 / (machine_after.1 - machine_before.1).max(1) as f64;
+            let server_us = match (server_pid, server_before) {
+                (Some(pid), Some(before)) => {
+                    let seconds = (process_ticks(pid)? - before) as f64 / ticks_per_second;
+                    Some(seconds * 1e6 / report.completed.max(1) as f64)
+                }
+                _ => None,
+            };
+            result.errors += report.errors;
+            match target {
+                Target::Healthz => {
+                    ceiling = report.per_second;
+                    result.server_cpu_us_per_ceiling_request.extend(server_us);
+                    result.loadgen_cpu_us_per_ceiling_request.push(own_us);
+                    result.machine_busy_ceiling.push(busy);
+                }
+                Target::Heartbeat => {
+                    beats = report.per_second;
+                    p50.push(report.p50_ms);
+                    p99.push(report.p99_ms);
+                    result.server_cpu_us_per_heartbeat.extend(server_us);
+                    result.loadgen_cpu_us_per_heartbeat.push(own_us);
+                    result.machine_busy_heartbeats.push(busy);
+                }
+            }
+        }
+        result.ceiling_per_second.push(ceiling);
+        result.heartbeats_per_second.push(beats);
+        result.ratios.push(beats / ceiling.max(1.0));
+    }
+    result.heartbeat_p50_ms = median(&p50);
+    result.heartbeat_p99_ms = median(&p99);
+    Ok(result)
+}
+
+async fn run(server: SocketAddr, plan: Plan, tokens: Arc<Vec<HeaderValue>>) -> anyhow::Result<Report> {
     let Plan { target, connections, duration, rate, .. } = plan;
     let identities = tokens.len();
-    // Headers built once: the generator should spend its CPU sending, not formatting.
-    let tokens: Vec<hyper::header::HeaderValue> = tokens
-        .iter()
-        .map(|t| hyper::header::HeaderValue::from_str(&format!("Bearer {t}")))
-        .collect::<Result<_, _>>()?;
-    let tokens = std::sync::Arc::new(tokens);
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
@@ -275,7 +467,7 @@ async fn run(server: SocketAddr, plan: Plan, tokens: Vec<String>) -> anyhow::Res
 async fn drive(
     server: SocketAddr,
     plan: Plan,
-    tokens: &[hyper::header::HeaderValue],
+    tokens: &[HeaderValue],
     connection: usize,
     deadline: Instant,
     spacing: Option<Duration>,

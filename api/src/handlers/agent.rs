@@ -158,8 +158,8 @@ async fn issue_credential(
     })
 }
 
-// Read straight out of the request body, borrowing from it: a heartbeat allocates nothing for
-// its strings. (A plain comment: the API's readers need not know.)
+// Read in place, borrowing from the request body: the facts are never copied, only the agent
+// version (into the queued row). A plain comment, so that it stays out of the API document.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest<'a> {

@@ -8,8 +8,8 @@
 //!   (open loop, latency measured from when each request was due, so a stall is counted in
 //!   full rather than hidden).
 //! - `compare` measures heartbeats against the ceiling in alternating slices (ceiling,
-//!   heartbeats, heartbeats, ceiling, ...), so that both see the same machine: on shared
-//!   cores the ceiling alone swings by a third between runs a minute apart.
+//!   heartbeats, heartbeats, ceiling, ...), so that both see the same machine: the
+//!   project's VM changes speed every few tens of seconds, by up to 1.8 times.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

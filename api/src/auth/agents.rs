@@ -90,8 +90,7 @@ impl AgentCredentials {
 
     /// The agent a credential belongs to, or why it does not, if this replica remembers the
     /// credential: the hot path, with no await.
-    fn remembered(&self, credential: &str) -> Option<Result<AgentCaller, ApiError>> {
-        let key = self.key(credential);
+    fn remembered(&self, key: CredentialKey) -> Option<Result<AgentCaller, ApiError>> {
         let entry = self.known.read().ok()?.get(&key).copied()?;
         Some(if entry.expires <= Utc::now().timestamp() {
             Err(ApiError::unauthenticated("the token has expired"))
@@ -110,7 +109,7 @@ impl AgentCredentials {
 
     /// Checks a credential this replica does not remember (its signature, then its row) and
     /// remembers the answer.
-    async fn verify(&self, state: &AppState, credential: &str) -> Result<AgentCaller, ApiError> {
+    async fn verify(&self, state: &AppState, credential: &str, key: CredentialKey) -> Result<AgentCaller, ApiError> {
         let claims = state.tokens.verify(credential)?;
         if claims.typ != TokenKind::Agent {
             return Err(ApiError::forbidden("this endpoint is for machine agents"));
@@ -124,7 +123,6 @@ impl AgentCredentials {
         let machine_id = row
             .filter(|t| t.role == Role::Agent && t.revoked_at.is_none_or(|at| at > now) && t.expires_at > now)
             .and_then(|t| t.machine_id);
-        let key = self.key(credential);
         if let Ok(mut known) = self.known.write() {
             if known.len() >= MAX_REMEMBERED {
                 known.clear();
@@ -208,10 +206,11 @@ impl FromRequest for AgentCaller {
             Ok(token) => token,
             Err(e) => return Either::Left(ready(Err(e))),
         };
-        if let Some(known) = state.agents.remembered(token) {
+        let key = state.agents.key(token);
+        if let Some(known) = state.agents.remembered(key) {
             return Either::Left(ready(known));
         }
         let (state, token) = (state.clone(), token.to_owned());
-        Either::Right(Box::pin(async move { state.agents.verify(&state, &token).await }))
+        Either::Right(Box::pin(async move { state.agents.verify(&state, &token, key).await }))
     }
 }

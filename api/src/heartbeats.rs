@@ -27,13 +27,15 @@ use crate::db::{self, Pool};
 use crate::domain::MachineId;
 use crate::domain::facts::Facts;
 
-/// Machines with a heartbeat waiting at most; beyond, agents are told to retry later.
+/// Heartbeats waiting for the next flush at most; beyond, agents are told to retry later.
 const QUEUE_CAPACITY: usize = 1_000_000;
 
 pub struct HeartbeatIngest {
-    /// The newest heartbeat per machine not yet taken by the writer. Handlers insert; the
-    /// writer swaps the whole map out on its tick, so no heartbeat ever wakes another thread.
-    queue: Arc<Mutex<HashMap<MachineId, HeartbeatRow>>>,
+    /// Heartbeats not yet taken by the writer, as they came. Handlers only append to it (no
+    /// hashing, nothing to look up while holding the lock); the writer swaps the whole list
+    /// out on its tick and keeps the newest beat per machine, so no heartbeat ever wakes
+    /// another thread.
+    queue: Arc<Mutex<Vec<HeartbeatRow>>>,
     stop: Arc<Notify>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -47,26 +49,19 @@ impl HeartbeatIngest {
     /// Starts the writer task on the current tokio runtime. It stores a batch every
     /// `flush_every`, and each machine at most every `min_write_interval`.
     pub fn start(pool: Pool, flush_every: Duration, min_write_interval: Duration) -> Self {
-        let queue = Arc::new(Mutex::new(HashMap::new()));
+        let queue = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(Notify::new());
         let writer = tokio::spawn(write_batches(pool, queue.clone(), flush_every, min_write_interval, stop.clone()));
         Self { queue, stop, writer: Mutex::new(Some(writer)) }
     }
 
-    /// Queues a heartbeat for the next batch (replacing an older one of the same machine).
+    /// Queues a heartbeat for the next batch.
     pub fn enqueue(&self, row: HeartbeatRow) -> Result<(), Overloaded> {
         let mut queue = self.queue.lock().map_err(|_| Overloaded)?;
-        let full = queue.len() >= QUEUE_CAPACITY;
-        match queue.entry(row.machine_id) {
-            Entry::Occupied(mut kept) if kept.get().at <= row.at => {
-                kept.insert(row);
-            }
-            Entry::Occupied(_) => {}
-            Entry::Vacant(_) if full => return Err(Overloaded),
-            Entry::Vacant(slot) => {
-                slot.insert(row);
-            }
+        if queue.len() >= QUEUE_CAPACITY {
+            return Err(Overloaded);
         }
+        queue.push(row);
         Ok(())
     }
 
@@ -96,15 +91,15 @@ pub fn facts_hash(facts: &Facts) -> i64 {
 
 async fn write_batches(
     pool: Pool,
-    queue: Arc<Mutex<HashMap<MachineId, HeartbeatRow>>>,
+    queue: Arc<Mutex<Vec<HeartbeatRow>>>,
     flush_every: Duration,
     min_write_interval: Duration,
     stop: Arc<Notify>,
 ) {
     let mut writer = Writer::new(min_write_interval);
-    // The map handlers fill next: last round's, emptied but with its room kept, so that the
-    // queue does not grow from nothing (rehashing under the lock) every flush.
-    let mut spare = HashMap::new();
+    // The list handlers fill next: last round's, emptied but with its room kept, so that the
+    // queue does not grow from nothing (copying under the lock) every flush.
+    let mut spare = Vec::new();
     let mut tick = tokio::time::interval(flush_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -117,7 +112,8 @@ async fn write_batches(
             std::mem::replace(&mut *queue, std::mem::take(&mut spare))
         };
         writer.take_back_failed(&mut taken);
-        let rows = if stopping { writer.everything(&mut taken) } else { writer.due(&mut taken, Instant::now()) };
+        let now = Instant::now();
+        let rows = if stopping { writer.everything(&mut taken, now) } else { writer.due(&mut taken, now) };
         spare = taken;
         if let Err(rows) = store(&pool, rows).await {
             // Kept for the next flush: an outage must not silently age every machine.
@@ -129,84 +125,122 @@ async fn write_batches(
     }
 }
 
-/// Decides which heartbeats to write now: each machine at most once per `min_interval`; a
-/// newer beat of a machine written too recently waits (the newest one) until it may go.
+/// Decides which heartbeats to write now: only the newest beat of each machine, and each
+/// machine at most once per `min_interval`; a newer beat of a machine written too recently
+/// waits (the newest one) until it may go.
 #[derive(Debug)]
 struct Writer {
     min_interval: Duration,
-    /// Beats waiting for their machine's interval to pass.
-    deferred: HashMap<MachineId, HeartbeatRow>,
-    /// When each machine was last written.
-    written: HashMap<MachineId, Instant>,
+    /// Machines written within the last `min_interval`: everything the writer knows of a
+    /// machine is in one entry, found with one lookup per beat.
+    machines: HashMap<MachineId, Written>,
     /// (may write again at, machine, written at), oldest first: the interval is fixed, so
-    /// this is in time order and a tick only looks at what has come due.
+    /// this is in time order and a flush only looks at what has come due.
     releases: VecDeque<(Instant, MachineId, Instant)>,
+    /// Counts calls of `due`, to tell this batch's rows from an earlier batch's.
+    batch: u64,
     /// Beats whose write failed, to try again at the next flush.
     retry: Vec<HeartbeatRow>,
 }
 
+/// A machine written recently.
+#[derive(Debug)]
+struct Written {
+    at: Instant,
+    /// Its newest beat since, if any.
+    newer: Newer,
+}
+
+#[derive(Debug)]
+enum Newer {
+    None,
+    /// In the rows of batch `batch`, at `index` (where a later beat of the same flush goes).
+    InBatch {
+        batch: u64,
+        index: usize,
+    },
+    /// Waiting for the machine's interval to pass.
+    Waiting(HeartbeatRow),
+}
+
 impl Writer {
     fn new(min_interval: Duration) -> Self {
-        Self {
-            min_interval,
-            deferred: HashMap::new(),
-            written: HashMap::new(),
-            releases: VecDeque::new(),
-            retry: Vec::new(),
-        }
+        Self { min_interval, machines: HashMap::new(), releases: VecDeque::new(), batch: 0, retry: Vec::new() }
     }
 
     /// Rows whose write failed: not counted as written, and tried again with the next batch.
     fn failed(&mut self, rows: Vec<HeartbeatRow>) {
         for row in &rows {
-            self.written.remove(&row.machine_id);
+            self.machines.remove(&row.machine_id);
         }
         self.retry = rows;
     }
 
     /// Puts the failed rows back with the newly queued ones (a newer beat of a machine wins).
-    fn take_back_failed(&mut self, taken: &mut HashMap<MachineId, HeartbeatRow>) {
-        for row in self.retry.drain(..) {
-            if taken.get(&row.machine_id).is_none_or(|newer| newer.at < row.at) {
-                taken.insert(row.machine_id, row);
-            }
-        }
+    fn take_back_failed(&mut self, taken: &mut Vec<HeartbeatRow>) {
+        taken.append(&mut self.retry);
     }
 
     /// The rows to write now, taking every beat out of `taken`.
-    fn due(&mut self, taken: &mut HashMap<MachineId, HeartbeatRow>, now: Instant) -> Vec<HeartbeatRow> {
-        let mut rows = Vec::with_capacity(taken.len());
-        for (machine, row) in taken.drain() {
-            let recent = self.written.get(&machine).is_some_and(|at| now.duration_since(*at) < self.min_interval);
-            if recent {
-                self.deferred.insert(machine, row);
-            } else {
-                self.deferred.remove(&machine);
-                rows.push(row);
-            }
-        }
-        while let Some(&(release_at, machine, written_at)) = self.releases.front() {
-            if release_at > now {
+    fn due(&mut self, taken: &mut Vec<HeartbeatRow>, now: Instant) -> Vec<HeartbeatRow> {
+        self.batch += 1;
+        let batch = self.batch;
+        let mut rows: Vec<HeartbeatRow> = Vec::new();
+        let release_at = now + self.min_interval;
+        let Self { machines, releases, .. } = self;
+        let written = |rows: &mut Vec<HeartbeatRow>, releases: &mut VecDeque<_>, row: HeartbeatRow| {
+            releases.push_back((release_at, row.machine_id, now));
+            rows.push(row);
+            Written { at: now, newer: Newer::InBatch { batch, index: rows.len() - 1 } }
+        };
+        // Machines whose interval has passed: a beat that waited goes now; a machine with
+        // none is forgotten, and its next beat goes as it comes.
+        while let Some(&(may_write_at, machine, written_at)) = releases.front() {
+            if may_write_at > now {
                 break;
             }
-            self.releases.pop_front();
-            if self.written.get(&machine) == Some(&written_at)
-                && let Some(row) = self.deferred.remove(&machine)
-            {
-                rows.push(row);
+            releases.pop_front();
+            let Entry::Occupied(mut entry) = machines.entry(machine) else { continue };
+            if entry.get().at != written_at {
+                continue; // written again since; that write has its own release
+            }
+            match std::mem::replace(&mut entry.get_mut().newer, Newer::None) {
+                Newer::Waiting(row) => *entry.get_mut() = written(&mut rows, releases, row),
+                _ => drop(entry.remove()),
             }
         }
-        for row in &rows {
-            self.written.insert(row.machine_id, now);
-            self.releases.push_back((now + self.min_interval, row.machine_id, now));
+        // Every machine still known was written less than an interval ago.
+        for row in taken.drain(..) {
+            match machines.entry(row.machine_id) {
+                Entry::Vacant(entry) => {
+                    entry.insert(written(&mut rows, releases, row));
+                }
+                Entry::Occupied(mut entry) => match &mut entry.get_mut().newer {
+                    Newer::InBatch { batch: of, index } if *of == batch => {
+                        if rows[*index].at <= row.at {
+                            rows[*index] = row;
+                        }
+                    }
+                    Newer::Waiting(waiting) => {
+                        if waiting.at <= row.at {
+                            *waiting = row;
+                        }
+                    }
+                    newer => *newer = Newer::Waiting(row),
+                },
+            }
         }
         rows
     }
 
-    /// Everything queued or deferred (at shutdown).
-    fn everything(&mut self, taken: &mut HashMap<MachineId, HeartbeatRow>) -> Vec<HeartbeatRow> {
-        self.deferred.extend(taken.drain());
-        self.deferred.drain().map(|(_, row)| row).collect()
+    /// Everything queued or waiting (at shutdown).
+    fn everything(&mut self, taken: &mut Vec<HeartbeatRow>, now: Instant) -> Vec<HeartbeatRow> {
+        let mut rows = self.due(taken, now);
+        rows.extend(self.machines.drain().filter_map(|(_, written)| match written.newer {
+            Newer::Waiting(row) => Some(row),
+            _ => None,
+        }));
+        rows
     }
 }
 
@@ -242,28 +276,44 @@ mod tests {
         }
     }
 
+    fn written(rows: Vec<HeartbeatRow>) -> Vec<(MachineId, i64)> {
+        rows.iter().map(|r| (r.machine_id, r.at.timestamp() - 1_800_000_000)).collect()
+    }
+
     #[test]
     fn a_machine_is_written_at_most_once_per_interval_and_its_newest_beat_is_kept() {
         let mut writer = Writer::new(Duration::from_secs(5));
         let (a, b) = (MachineId::generate(), MachineId::generate());
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let written = |rows: Vec<HeartbeatRow>| {
-            rows.iter().map(|r| (r.machine_id, r.at.timestamp() - 1_800_000_000)).collect::<Vec<_>>()
-        };
 
-        assert_eq!(written(writer.due(&mut HashMap::from_iter([(a, beat(a, 0))]), at(0))), [(a, 0)]);
+        assert_eq!(written(writer.due(&mut vec![beat(a, 0)], at(0))), [(a, 0)]);
         // Two more beats of `a` within its interval: held, the newest kept; `b` goes at once.
-        assert!(writer.due(&mut HashMap::from_iter([(a, beat(a, 1))]), at(1)).is_empty());
-        assert_eq!(written(writer.due(&mut HashMap::from_iter([(a, beat(a, 2)), (b, beat(b, 2))]), at(2))), [(b, 2)]);
+        assert!(writer.due(&mut vec![beat(a, 1)], at(1)).is_empty());
+        assert_eq!(written(writer.due(&mut vec![beat(a, 2), beat(b, 2)], at(2))), [(b, 2)]);
         // When the interval has passed, the held beat goes out without a new one arriving.
-        assert!(writer.due(&mut HashMap::new(), at(4)).is_empty());
-        assert_eq!(written(writer.due(&mut HashMap::new(), at(5))), [(a, 2)]);
+        assert!(writer.due(&mut Vec::new(), at(4)).is_empty());
+        assert_eq!(written(writer.due(&mut Vec::new(), at(5))), [(a, 2)]);
         // A beat at the agents' usual pace (10 s) is written as it comes.
-        assert_eq!(written(writer.due(&mut HashMap::from_iter([(a, beat(a, 15))]), at(15))), [(a, 15)]);
+        assert_eq!(written(writer.due(&mut vec![beat(a, 15)], at(15))), [(a, 15)]);
         // At shutdown, whatever waits goes.
-        assert!(writer.due(&mut HashMap::from_iter([(a, beat(a, 16))]), at(16)).is_empty());
-        assert_eq!(written(writer.everything(&mut HashMap::new())), [(a, 16)]);
+        assert!(writer.due(&mut vec![beat(a, 16)], at(16)).is_empty());
+        assert_eq!(written(writer.everything(&mut vec![beat(b, 16)], at(16))), [(b, 16), (a, 16)]);
+    }
+
+    #[test]
+    fn of_several_beats_in_one_flush_only_the_newest_is_written() {
+        let mut writer = Writer::new(Duration::from_secs(5));
+        let (a, b) = (MachineId::generate(), MachineId::generate());
+        let t0 = Instant::now();
+        // Two replicas' clocks, or a slow handler: beats need not arrive in order.
+        let mut taken = vec![beat(a, 1), beat(b, 1), beat(a, 3), beat(a, 2), beat(b, 0)];
+        assert_eq!(written(writer.due(&mut taken, t0)), [(a, 3), (b, 1)]);
+        assert!(taken.is_empty());
+        // Held beats too: the newest waits, whatever the order.
+        let mut taken = vec![beat(a, 5), beat(a, 7), beat(a, 6)];
+        assert!(writer.due(&mut taken, t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(written(writer.due(&mut Vec::new(), t0 + Duration::from_secs(5))), [(a, 7)]);
     }
 
     #[test]
@@ -271,13 +321,30 @@ mod tests {
         let mut writer = Writer::new(Duration::from_secs(5));
         let a = MachineId::generate();
         let t0 = Instant::now();
-        let rows = writer.due(&mut HashMap::from_iter([(a, beat(a, 0))]), t0);
+        let rows = writer.due(&mut vec![beat(a, 0)], t0);
         writer.failed(rows);
         // The database is back 100 ms later: the beat goes, though its machine "was just written".
-        let mut taken = HashMap::new();
+        let mut taken = Vec::new();
         writer.take_back_failed(&mut taken);
-        let again = writer.due(&mut taken, t0 + Duration::from_millis(100));
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].machine_id, a);
+        assert_eq!(written(writer.due(&mut taken, t0 + Duration::from_millis(100))), [(a, 0)]);
+        // A newer beat that came meanwhile wins over the failed one.
+        let rows = writer.due(&mut Vec::new(), t0 + Duration::from_secs(5));
+        assert!(rows.is_empty());
+        let rows = writer.due(&mut vec![beat(a, 10)], t0 + Duration::from_secs(10));
+        writer.failed(rows);
+        let mut taken = vec![beat(a, 11)];
+        writer.take_back_failed(&mut taken);
+        assert_eq!(written(writer.due(&mut taken, t0 + Duration::from_secs(11))), [(a, 11)]);
+    }
+
+    #[test]
+    fn machines_that_went_quiet_are_forgotten() {
+        let mut writer = Writer::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let mut taken: Vec<_> = (0..100).map(|_| beat(MachineId::generate(), 0)).collect();
+        assert_eq!(writer.due(&mut taken, t0).len(), 100);
+        assert_eq!(writer.machines.len(), 100);
+        writer.due(&mut Vec::new(), t0 + Duration::from_secs(5));
+        assert!(writer.machines.is_empty() && writer.releases.is_empty());
     }
 }

@@ -132,8 +132,8 @@ impl AgentCredentials {
         Ok(AgentCaller { token_id, machine_id: machine_id.ok_or_else(refused)?, facts_seen: None, key })
     }
 
-    fn key(&self, credential: &str) -> CredentialKey {
-        self.hasher.hash(credential.as_bytes()).as_u128()
+    fn key(&self, credential: &[u8]) -> CredentialKey {
+        self.hasher.hash(credential).as_u128()
     }
 
     /// Remembers the facts `agent` just sent, for its next heartbeats.
@@ -199,8 +199,7 @@ impl FromRequest for AgentCaller {
         let token = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(super::bearer_token)
+            .and_then(|value| super::bearer_token(value.as_bytes()))
             .ok_or_else(|| ApiError::unauthenticated("send the machine credential as a bearer token"));
         let token = match token {
             Ok(token) => token,
@@ -210,6 +209,9 @@ impl FromRequest for AgentCaller {
         if let Some(known) = state.agents.remembered(key) {
             return Either::Left(ready(known));
         }
+        let Ok(token) = std::str::from_utf8(token) else {
+            return Either::Left(ready(Err(ApiError::unauthenticated("the machine credential is not valid text"))));
+        };
         let (state, token) = (state.clone(), token.to_owned());
         Either::Right(Box::pin(async move { state.agents.verify(&state, &token, key).await }))
     }

@@ -141,7 +141,8 @@ impl FromRequest for Principal {
             let token = match header {
                 None => return Err(ApiError::unauthenticated("send a bearer token in the Authorization header")),
                 Some(Err(_)) => return Err(ApiError::unauthenticated("the Authorization header is not valid text")),
-                Some(Ok(value)) => bearer_token(&value)
+                Some(Ok(value)) => bearer_token(value.as_bytes())
+                    .and_then(|token| std::str::from_utf8(token).ok())
                     .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer <token>`"))?
                     .to_owned(),
             };
@@ -152,10 +153,12 @@ impl FromRequest for Principal {
     }
 }
 
-fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// The token of an `Authorization: Bearer <token>` header, as bytes: an agent's credential is
+/// looked up by them, and only checked as text when this replica does not remember it.
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = header.split_at(header.iter().position(|&b| b == b' ')?);
+    let token = token.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Looks up the row a verified token points at and turns it into a principal.
@@ -193,5 +196,20 @@ async fn resolve(conn: &mut diesel_async::AsyncPgConnection, claims: &Claims) ->
                 _ => Err(ApiError::unauthenticated("the token does not match its record")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case_and_the_token_trimmed() {
+        assert_eq!(bearer_token(b"Bearer abc.def"), Some(&b"abc.def"[..]));
+        assert_eq!(bearer_token(b"bEaReR   abc.def  "), Some(&b"abc.def"[..]));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer   "), None);
+        assert_eq!(bearer_token(b"abc.def"), None);
     }
 }

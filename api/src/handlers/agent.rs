@@ -166,7 +166,8 @@ pub struct HeartbeatRequest<'a> {
     #[schema(value_type = String, example = "0.1.0")]
     #[serde(borrow)]
     pub agent_version: Cow<'a, str>,
-    /// The agent's clock when it sent this, to measure clock skew.
+    /// The agent's clock when it sent this (RFC 3339), to measure clock skew.
+    #[serde(deserialize_with = "crate::domain::validation::rfc3339_time")]
     pub sent_at: DateTime<Utc>,
     /// Kept as sent: unchanged facts (the usual case) are recognised without parsing them.
     #[schema(value_type = Facts)]

@@ -158,9 +158,9 @@ fn table(results: &str) -> anyhow::Result<()> {
     };
     if !comparisons.is_empty() {
         println!(
-            "| identities | `GET /healthz` (ceiling), req/s | heartbeats, req/s | **heartbeats / ceiling** | heartbeat p50 / p99 ms | server CPU µs per request: ceiling / heartbeat | errors |"
+            "| identities | `GET /healthz` (ceiling), req/s | heartbeats, req/s | **heartbeats / ceiling** | heartbeat p50 / p99 ms | server CPU µs per request: ceiling / heartbeat | server CPUs busy: ceiling / heartbeat | errors |"
         );
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     }
     for r in &comparisons {
         let (ceiling, beats, ratios) =
@@ -171,8 +171,12 @@ fn table(results: &str) -> anyhow::Result<()> {
         };
         let (ceiling_cpu, beat_cpu) =
             (list(r, "server_cpu_us_per_ceiling_request"), list(r, "server_cpu_us_per_heartbeat"));
+        // CPU seconds per second: whether the server, rather than the load generator, was the limit.
+        let busy = |rates: &[f64], costs: &[f64]| {
+            median(&rates.iter().zip(costs).map(|(rate, us)| rate * us / 1e6).collect::<Vec<_>>())
+        };
         println!(
-            "| {} | {} | {} | **{}** | {:.2} / {:.2} | {:.1} / {:.1} | {} |",
+            "| {} | {} | {} | **{}** | {:.2} / {:.2} | {:.1} / {:.1} | {:.2} / {:.2} | {} |",
             r["identities"],
             spread(&ceiling, 1.0, ""),
             spread(&beats, 1.0, ""),
@@ -181,6 +185,8 @@ fn table(results: &str) -> anyhow::Result<()> {
             r["heartbeat_p99_ms"].as_f64().unwrap_or_default(),
             median(&ceiling_cpu),
             median(&beat_cpu),
+            busy(&ceiling, &ceiling_cpu),
+            busy(&beats, &beat_cpu),
             r["errors"]
         );
     }

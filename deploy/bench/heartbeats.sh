@@ -9,9 +9,8 @@
 # Where things run: the agents a server hears from are on other machines, and so are the clients
 # that would measure its ceiling. The load generator stands in for them on this machine, so by
 # default it gets CPUs of its own: the server and PostgreSQL share the first half of the CPUs,
-# the load generator the second half (with `taskset`). Left to itself, the kernel moves the load
-# generator onto the server's CPUs and off again every few tens of seconds, and each request's
-# cost changes with it.
+# the load generator the second half (with `taskset`), so the server's CPUs do only the server's
+# and PostgreSQL's work. PIN=0 lets the load generator compete with them for every CPU.
 #
 # For each identity count, in one run against one server:
 #   1. warm-up: each machine sends one heartbeat (its facts are stored once, as when agents start);

@@ -147,9 +147,9 @@ where
     serde::Deserialize::deserialize(deserializer).map(Some)
 }
 
-/// A time in RFC 3339 form (`2026-11-22T10:00:00.123Z`), read with chrono's strict parser:
-/// `DateTime`'s own `Deserialize` takes a relaxed form through the general format parser, and
-/// costs a heartbeat several times more.
+/// A time in RFC 3339 form (`2026-11-22T10:00:00.123Z`), read with chrono's RFC 3339 parser.
+/// `DateTime`'s own `Deserialize` takes a relaxed form through chrono's general format parser,
+/// which was about 0.2 µs of every heartbeat in profiles.
 pub fn rfc3339_time<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<chrono::DateTime<chrono::Utc>, D::Error> {

@@ -9,6 +9,12 @@ use clap::{Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use fleetyard::{AppState, Config, admin, db, routes, schedules, startup, telemetry};
 
+// mimalloc rather than glibc's malloc: the request path allocates many small, short-lived
+// buffers, and the switch took about 0.4 µs of user CPU off each heartbeat (README,
+// "Heartbeat ingest").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "fleetyard", version, about = "Fleetyard: one pool of donated and rented hardware")]
 struct Cli {

@@ -92,7 +92,7 @@ impl AgentCredentials {
     /// credential: the hot path, with no await.
     fn remembered(&self, key: CredentialKey) -> Option<Result<AgentCaller, ApiError>> {
         let entry = self.known.read().ok()?.get(&key).copied()?;
-        Some(if entry.expires <= Utc::now().timestamp() {
+        Some(if entry.expires <= unix_now() {
             Err(ApiError::unauthenticated("the token has expired"))
         } else {
             entry
@@ -154,6 +154,14 @@ impl AgentCredentials {
             known.retain(|_, entry| !tokens.contains(&entry.token_id));
         }
     }
+}
+
+/// Seconds since the Unix epoch, without building a calendar date (as `Utc::now()` does): it
+/// is read on every heartbeat.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn refused() -> ApiError {

@@ -180,6 +180,8 @@ pub struct HeartbeatRequest<'a> {
 pub struct HeartbeatAck {
     /// When to send the next heartbeat (agents add jitter).
     pub heartbeat_interval_secs: u64,
+    /// The server's clock when it answered (RFC 3339, to the millisecond).
+    #[serde(serialize_with = "crate::domain::validation::rfc3339_millis")]
     pub server_time: DateTime<Utc>,
 }
 

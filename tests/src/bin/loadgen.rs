@@ -158,9 +158,9 @@ fn table(results: &str) -> anyhow::Result<()> {
     };
     if !comparisons.is_empty() {
         println!(
-            "| identities | `GET /healthz` (ceiling), req/s | heartbeats, req/s | **heartbeats / ceiling** | heartbeat p50 / p99 ms | server CPU µs per request: ceiling / heartbeat | server CPUs busy: ceiling / heartbeat | errors |"
+            "| identities | `GET /healthz` (ceiling), req/s | heartbeats, req/s | **heartbeats / ceiling** | heartbeat p50 / p99 ms | server CPU µs per request: ceiling / heartbeat | of which user space | server CPUs busy: ceiling / heartbeat | errors |"
         );
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     }
     for r in &comparisons {
         let (ceiling, beats, ratios) =
@@ -171,12 +171,14 @@ fn table(results: &str) -> anyhow::Result<()> {
         };
         let (ceiling_cpu, beat_cpu) =
             (list(r, "server_cpu_us_per_ceiling_request"), list(r, "server_cpu_us_per_heartbeat"));
+        let (ceiling_user, beat_user) =
+            (list(r, "server_user_cpu_us_per_ceiling_request"), list(r, "server_user_cpu_us_per_heartbeat"));
         // CPU seconds per second: whether the server, rather than the load generator, was the limit.
         let busy = |rates: &[f64], costs: &[f64]| {
             median(&rates.iter().zip(costs).map(|(rate, us)| rate * us / 1e6).collect::<Vec<_>>())
         };
         println!(
-            "| {} | {} | {} | **{}** | {:.2} / {:.2} | {:.1} / {:.1} | {:.2} / {:.2} | {} |",
+            "| {} | {} | {} | **{}** | {:.2} / {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} | {} |",
             r["identities"],
             spread(&ceiling, 1.0, ""),
             spread(&beats, 1.0, ""),
@@ -185,6 +187,8 @@ fn table(results: &str) -> anyhow::Result<()> {
             r["heartbeat_p99_ms"].as_f64().unwrap_or_default(),
             median(&ceiling_cpu),
             median(&beat_cpu),
+            median(&ceiling_user),
+            median(&beat_user),
             busy(&ceiling, &ceiling_cpu),
             busy(&beats, &beat_cpu),
             r["errors"]
@@ -347,6 +351,9 @@ struct Comparison {
     /// Per slice, the server's CPU time per request (µs), when its process id was given.
     server_cpu_us_per_ceiling_request: Vec<f64>,
     server_cpu_us_per_heartbeat: Vec<f64>,
+    /// Per slice, the part of it spent in user space (the rest is the kernel's).
+    server_user_cpu_us_per_ceiling_request: Vec<f64>,
+    server_user_cpu_us_per_heartbeat: Vec<f64>,
     /// Per slice, this load generator's own CPU time per request (µs): it shares the machine.
     loadgen_cpu_us_per_ceiling_request: Vec<f64>,
     loadgen_cpu_us_per_heartbeat: Vec<f64>,
@@ -355,12 +362,13 @@ struct Comparison {
     machine_busy_heartbeats: Vec<f64>,
 }
 
-/// CPU time used so far, in clock ticks: of a process (`/proc/<pid>/stat`: user + system).
-fn process_ticks(pid: u32) -> anyhow::Result<u64> {
+/// CPU time a process used so far, in clock ticks (`/proc/<pid>/stat`): in user space and in
+/// the kernel.
+fn process_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces): state is the first, utime the 12th.
     let fields: Vec<&str> = stat.rsplit_once(')').context("unexpected /proc stat")?.1.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    Ok((fields[11].parse()?, fields[12].parse()?))
 }
 
 /// The whole machine's busy and total clock ticks so far (`/proc/stat`).
@@ -393,20 +401,22 @@ async fn compare(server: SocketAddr, how: Comparing, tokens: Vec<String>) -> any
             let (machine_before, own_before) = (machine_ticks()?, process_ticks(std::process::id())?);
             let report = run(server, plan(target), headers.clone()).await?;
             let (machine_after, own_after) = (machine_ticks()?, process_ticks(std::process::id())?);
-            let own_us = (own_after - own_before) as f64 / ticks_per_second * 1e6 / report.completed.max(1) as f64;
+            let per_request = |ticks: u64| ticks as f64 / ticks_per_second * 1e6 / report.completed.max(1) as f64;
+            let own_us = per_request(own_after.0 + own_after.1 - own_before.0 - own_before.1);
             let busy = (machine_after.0 - machine_before.0) as f64 / (machine_after.1 - machine_before.1).max(1) as f64;
-            let server_us = match (server_pid, server_before) {
+            let (server_us, server_user_us) = match (server_pid, server_before) {
                 (Some(pid), Some(before)) => {
-                    let seconds = (process_ticks(pid)? - before) as f64 / ticks_per_second;
-                    Some(seconds * 1e6 / report.completed.max(1) as f64)
+                    let after = process_ticks(pid)?;
+                    (Some(per_request(after.0 + after.1 - before.0 - before.1)), Some(per_request(after.0 - before.0)))
                 }
-                _ => None,
+                _ => (None, None),
             };
             result.errors += report.errors;
             match target {
                 Target::Healthz => {
                     ceiling = report.per_second;
                     result.server_cpu_us_per_ceiling_request.extend(server_us);
+                    result.server_user_cpu_us_per_ceiling_request.extend(server_user_us);
                     result.loadgen_cpu_us_per_ceiling_request.push(own_us);
                     result.machine_busy_ceiling.push(busy);
                 }
@@ -415,6 +425,7 @@ async fn compare(server: SocketAddr, how: Comparing, tokens: Vec<String>) -> any
                     p50.push(report.p50_ms);
                     p99.push(report.p99_ms);
                     result.server_cpu_us_per_heartbeat.extend(server_us);
+                    result.server_user_cpu_us_per_heartbeat.extend(server_user_us);
                     result.loadgen_cpu_us_per_heartbeat.push(own_us);
                     result.machine_busy_heartbeats.push(busy);
                 }

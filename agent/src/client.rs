@@ -106,19 +106,22 @@ impl Client {
         self.post("/api/v1/agent/enroll", None, &serde_json::json!({ "token": token, "facts": facts }))
     }
 
+    /// A heartbeat; `facts` only when the server may not know them (see `run::beat`).
     pub fn heartbeat(
         &self,
         credential: &str,
-        facts: &Facts,
+        facts: Option<&Facts>,
         metrics: &Metrics,
         sent_at: &str,
     ) -> Result<HeartbeatAck, CallError> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "agent_version": env!("CARGO_PKG_VERSION"),
             "sent_at": sent_at,
-            "facts": facts,
             "metrics": metrics,
         });
+        if let Some(facts) = facts {
+            body["facts"] = serde_json::json!(facts);
+        }
         self.post("/api/v1/agent/heartbeat", Some(credential), &body)
     }
 

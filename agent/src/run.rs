@@ -14,7 +14,7 @@ use signal_hook::iterator::Signals;
 use crate::client::{CallError, Client, Credential};
 use crate::config::Settings;
 use crate::credential::{self, Stored};
-use crate::facts;
+use crate::facts::{self, Facts};
 use crate::{jobs, say, work};
 
 /// The longest wait between attempts while the server is unreachable. After an outage of its
@@ -138,8 +138,9 @@ pub fn heartbeats(settings: &Settings) -> Result<(), String> {
 
     let mut interval = Duration::from_secs(10);
     let mut failures: u32 = 0;
+    let mut facts_sent = None;
     while !stop.load(Ordering::Relaxed) {
-        let wait = match beat(&client, &keeper.stored, &settings.disk_path) {
+        let wait = match beat(&client, &keeper.stored, &settings.disk_path, &mut facts_sent) {
             Ok(next) => {
                 if failures > 0 {
                     say!("info", "the server answers again after {failures} failed attempts");
@@ -171,10 +172,21 @@ pub fn heartbeats(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-fn beat(client: &Client, stored: &Stored, disk: &Path) -> Result<Duration, CallError> {
+/// One heartbeat. The facts go with it only when they differ from those last taken by the
+/// server (`facts_sent`), or when the server asks for them (409 `facts-wanted`: it restarted,
+/// or another replica or a new credential answers): they rarely change, and are most of a
+/// heartbeat's size.
+fn beat(client: &Client, stored: &Stored, disk: &Path, facts_sent: &mut Option<Facts>) -> Result<Duration, CallError> {
     let (facts, metrics) = facts::collect(disk).map_err(CallError::Transport)?;
     let sent_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let ack = client.heartbeat(&stored.credential, &facts, &metrics, &sent_at)?;
+    let known = facts_sent.as_ref() == Some(&facts);
+    let ack = match client.heartbeat(&stored.credential, (!known).then_some(&facts), &metrics, &sent_at) {
+        Err(CallError::Refused { status: 409, .. }) if known => {
+            client.heartbeat(&stored.credential, Some(&facts), &metrics, &sent_at)?
+        }
+        answer => answer?,
+    };
+    *facts_sent = Some(facts);
     Ok(Duration::from_secs(ack.heartbeat_interval_secs.max(1)))
 }
 

@@ -169,10 +169,13 @@ pub struct HeartbeatRequest<'a> {
     /// The agent's clock when it sent this (RFC 3339), to measure clock skew.
     #[serde(deserialize_with = "crate::domain::validation::rfc3339_time")]
     pub sent_at: DateTime<Utc>,
-    /// Kept as sent: unchanged facts (the usual case) are recognised without parsing them.
-    #[schema(value_type = Facts)]
-    #[serde(borrow)]
-    pub facts: &'a serde_json::value::RawValue,
+    /// The machine's facts. Send them in the first heartbeat, whenever they change, and when
+    /// the server answers 409 `facts-wanted` (it does not know them: it restarted, or this is
+    /// another replica or a new credential); leave them out otherwise.
+    // Kept as sent: unchanged facts are recognised without parsing them.
+    #[schema(value_type = Option<Facts>)]
+    #[serde(borrow, default)]
+    pub facts: Option<&'a serde_json::value::RawValue>,
     pub metrics: Metrics,
 }
 
@@ -191,12 +194,13 @@ pub struct HeartbeatAck {
     responses(
         (status = 200, body = HeartbeatAck),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 409, description = "`facts-wanted`: this server does not know the machine's facts; send this heartbeat again with them", body = ErrorBody),
         (status = 503, description = "Too busy to store heartbeats; send the next one at the usual interval", body = ErrorBody),
     ),
 )]
 #[post("/agent/heartbeat")]
-/// Report that the machine is alive, with its facts and load. Facts that contradict the
-/// inventory are flagged (and audited), never written over it.
+/// Report that the machine is alive, with its load, and its facts when they are new to the
+/// server. Facts that contradict the inventory are flagged (and audited), never written over it.
 pub async fn heartbeat(
     state: web::Data<AppState>,
     agent: AgentCaller,
@@ -205,15 +209,21 @@ pub async fn heartbeat(
     let beat: HeartbeatRequest = body.parse()?;
     let metrics = beat.metrics.sanitized();
     let now = Utc::now();
-    let raw = beat.facts.get();
-    let text_hash = facts_text_hash(raw);
-    let cpu_count = match agent.facts_seen {
-        Some(seen) if seen.text_hash == text_hash => seen.cpu_count,
-        _ => {
+    let cpu_count = match (beat.facts.map(|raw| (raw.get(), facts_text_hash(raw.get()))), agent.facts_seen) {
+        (None, Some(seen)) => seen.cpu_count,
+        (Some((_, text_hash)), Some(seen)) if seen.text_hash == text_hash => seen.cpu_count,
+        (Some((raw, text_hash)), _) => {
             let facts = parse_json_at::<Facts>(raw.as_bytes(), "facts")?.sanitized();
             record_reported_facts(&state, agent, &facts, facts_hash(&facts)).await?;
             state.agents.remember_facts(&agent, FactsSeen { text_hash, cpu_count: facts.cpu_count });
             facts.cpu_count
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "facts-wanted",
+                "this server does not know the machine's facts yet; send this heartbeat again with them",
+            ));
         }
     };
     let policy = state.config.health_policy();

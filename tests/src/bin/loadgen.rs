@@ -499,10 +499,12 @@ async fn drive(
     let (mut ok, mut failed) = (0, 0);
     let mut next_due = Instant::now() + offset.unwrap_or_default();
     let mut index = connection;
-    // The body, with the agent's clock as it would send it, rebuilt every 10 ms.
+    // The body, with the agent's clock as it would send it, rebuilt every 10 ms. As agents do,
+    // the facts go with the first heartbeat (the warm-up) and are left out once the server has them.
+    let facts = if once { format!(r#""facts":{FACTS},"#) } else { String::new() };
     let body = || {
         Bytes::from(format!(
-            r#"{{"agent_version":"loadgen","sent_at":"{}","facts":{FACTS},"metrics":{{"load1":0.5,"load5":0.5,"load15":0.5,"uptime_secs":1000,"disk_used_pct":40.0,"memory_available_mib":4096}}}}"#,
+            r#"{{"agent_version":"loadgen","sent_at":"{}",{facts}"metrics":{{"load1":0.5,"load5":0.5,"load15":0.5,"uptime_secs":1000,"disk_used_pct":40.0,"memory_available_mib":4096}}}}"#,
             chrono::Utc::now().to_rfc3339()
         ))
     };

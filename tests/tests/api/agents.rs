@@ -347,6 +347,46 @@ async fn bad_heartbeats_name_the_field_and_only_agents_may_send_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_leave_out_facts_the_server_has_and_it_asks_for_facts_it_lacks() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let board = app.machine_in(&w, this_host_machine("AG-9"), "onboarding").await;
+    let enrolled = app
+        .request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&json!({ "token": board.enrollment_token })))
+        .await
+        .expect(200);
+    let credential = enrolled.body["credential"].as_str().unwrap();
+    let last_seen = || async { app.machine(&w, &board.id).await["monitoring"]["last_heartbeat_at"].clone() };
+    let bare = || {
+        json!({
+            "agent_version": "test", "sent_at": chrono::Utc::now(),
+            "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
+        })
+    };
+    // The server has not heard this machine's facts: it asks for them and keeps nothing.
+    let refused = app.post("/api/v1/agent/heartbeat", credential, bare()).await.expect(409);
+    assert_eq!(refused.body["code"], "facts-wanted");
+    tokio::time::sleep(Duration::from_millis(300)).await; // past a flush of the heartbeat queue
+    assert!(last_seen().await.is_null(), "a refused heartbeat was stored");
+
+    let mut with_facts = bare();
+    with_facts["facts"] = json!({ "arch": "x86_64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 1, "disk_gib": 1 });
+    app.post("/api/v1/agent/heartbeat", credential, with_facts).await.expect(200);
+    assert_eq!(app.machine(&w, &board.id).await["monitoring"]["facts"]["kernel"], "k");
+    // Now it has them: a heartbeat without facts is a heartbeat.
+    let mut stored = last_seen().await;
+    for _ in 0..2 {
+        app.post("/api/v1/agent/heartbeat", credential, bare()).await.expect(200);
+        let started = Instant::now();
+        while last_seen().await == stored {
+            assert!(started.elapsed() < Duration::from_secs(10), "the heartbeat without facts was never stored");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stored = last_seen().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_outlives_an_unreachable_server_without_spinning_and_recovers() {
     let app = TestApp::spawn_with(fast_heartbeats).await;
     let w = app.world().await;

@@ -202,6 +202,13 @@ impl TestApp {
         self.state.tokens.issue_api_token(row.id.0, TokenKind::Agent, row.expires_at).expect("signing").token
     }
 
+    /// Enrolls a machine with its one-time token, as an agent would, and gives its credential.
+    pub async fn enroll(&self, token: &str) -> String {
+        let body = serde_json::json!({ "token": token });
+        let enrolled = self.request(Method::POST, "/api/v1/agent/enroll", None, Some(&body)).await.expect(200);
+        enrolled.body["credential"].as_str().expect("a credential").to_owned()
+    }
+
     /// How many rows each table holds: to show a refused request wrote nothing.
     pub async fn row_counts(&self) -> Vec<(&'static str, i64)> {
         use diesel::sql_types::BigInt;

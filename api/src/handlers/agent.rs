@@ -209,21 +209,26 @@ pub async fn heartbeat(
     let beat: HeartbeatRequest = body.parse()?;
     let metrics = beat.metrics.sanitized();
     let now = Utc::now();
-    let cpu_count = match (beat.facts.map(|raw| (raw.get(), facts_text_hash(raw.get()))), agent.facts_seen) {
+    let cpu_count = match (beat.facts, agent.facts_seen) {
         (None, Some(seen)) => seen.cpu_count,
-        (Some((_, text_hash)), Some(seen)) if seen.text_hash == text_hash => seen.cpu_count,
-        (Some((raw, text_hash)), _) => {
-            let facts = parse_json_at::<Facts>(raw.as_bytes(), "facts")?.sanitized();
-            record_reported_facts(&state, agent, &facts, facts_hash(&facts)).await?;
-            state.agents.remember_facts(&agent, FactsSeen { text_hash, cpu_count: facts.cpu_count });
-            facts.cpu_count
-        }
         (None, None) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "facts-wanted",
                 "this server does not know the machine's facts yet; send this heartbeat again with them",
             ));
+        }
+        (Some(raw), seen) => {
+            let text_hash = facts_text_hash(raw.get());
+            match seen {
+                Some(seen) if seen.text_hash == text_hash => seen.cpu_count,
+                _ => {
+                    let facts = parse_json_at::<Facts>(raw.get().as_bytes(), "facts")?.sanitized();
+                    record_reported_facts(&state, agent, &facts, facts_hash(&facts)).await?;
+                    state.agents.remember_facts(&agent, FactsSeen { text_hash, cpu_count: facts.cpu_count });
+                    facts.cpu_count
+                }
+            }
         }
     };
     let policy = state.config.health_policy();

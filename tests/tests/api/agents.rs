@@ -147,11 +147,7 @@ async fn reported_facts_that_contradict_the_inventory_are_flagged_and_audited_no
     declared["cpu_cores"] = json!(64);
     declared["memory_mib"] = json!(131072);
     let board = app.machine_in(&w, declared, "ready").await;
-    let enrolled = app
-        .request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&json!({ "token": board.enrollment_token })))
-        .await
-        .expect(200);
-    let credential = enrolled.body["credential"].as_str().unwrap().to_owned();
+    let credential = app.enroll(&board.enrollment_token).await;
     let beat = |arch: &str, memory: u64| {
         json!({
             "agent_version": "test", "sent_at": chrono::Utc::now(),
@@ -306,11 +302,7 @@ async fn bad_heartbeats_name_the_field_and_only_agents_may_send_them() {
     let app = TestApp::spawn().await;
     let w = app.world().await;
     let board = app.machine_in(&w, this_host_machine("AG-6"), "onboarding").await;
-    let enrolled = app
-        .request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&json!({ "token": board.enrollment_token })))
-        .await
-        .expect(200);
-    let credential = enrolled.body["credential"].as_str().unwrap();
+    let credential = &app.enroll(&board.enrollment_token).await;
     let beat = json!({
         "agent_version": "test", "sent_at": "yesterday",
         "facts": { "arch": "x86_64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 1, "disk_gib": 1 },
@@ -351,11 +343,7 @@ async fn heartbeats_leave_out_facts_the_server_has_and_it_asks_for_facts_it_lack
     let app = TestApp::spawn().await;
     let w = app.world().await;
     let board = app.machine_in(&w, this_host_machine("AG-9"), "onboarding").await;
-    let enrolled = app
-        .request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&json!({ "token": board.enrollment_token })))
-        .await
-        .expect(200);
-    let credential = enrolled.body["credential"].as_str().unwrap();
+    let credential = &app.enroll(&board.enrollment_token).await;
     let last_seen = || async { app.machine(&w, &board.id).await["monitoring"]["last_heartbeat_at"].clone() };
     let bare = || {
         json!({

@@ -158,16 +158,13 @@ async fn a_silent_agent_is_checked_over_ssh_before_its_machine_is_declared_unrea
     let w = app.world().await;
     let mut sshd = sshd_for(&app).await;
     let board = machine_behind(&app, &w, &sshd, this_host_machine("SSH-4"), "ready").await;
-    let enrolled = app
-        .request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&json!({ "token": board.enrollment_token })))
-        .await
-        .expect(200);
+    let credential = app.enroll(&board.enrollment_token).await;
     let beat = json!({
         "agent_version": "test", "sent_at": chrono::Utc::now(),
         "facts": { "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 },
         "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
     });
-    app.post("/api/v1/agent/heartbeat", enrolled.body["credential"].as_str().unwrap(), beat).await.expect(200);
+    app.post("/api/v1/agent/heartbeat", &credential, beat).await.expect(200);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     liveness::sweep(&app.state).await.unwrap();
     assert_eq!(app.machine(&w, &board.id).await["health"], "healthy");

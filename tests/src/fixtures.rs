@@ -179,6 +179,21 @@ pub fn this_host_machine(asset_tag: &str) -> Value {
     })
 }
 
+/// A heartbeat body as an agent sends it once the server has its facts: idle metrics, sent now.
+pub fn heartbeat_without_facts() -> Value {
+    json!({
+        "agent_version": "test", "sent_at": chrono::Utc::now(),
+        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
+    })
+}
+
+/// A heartbeat body carrying `facts`.
+pub fn heartbeat(facts: Value) -> Value {
+    let mut beat = heartbeat_without_facts();
+    beat["facts"] = facts;
+    beat
+}
+
 impl TestApp {
     pub async fn machine_in(&self, w: &World, machine: Value, stop_at: &str) -> ApprovedMachine {
         let reference = format!("M-{}", uuid::Uuid::new_v4().simple());

@@ -8,7 +8,7 @@ use diesel_async::RunQueryDsl;
 use fleetyard::schedules::liveness;
 use fleetyard_tests::TestApp;
 use fleetyard_tests::agent::AgentProcess;
-use fleetyard_tests::fixtures::{World, machine, this_host_machine};
+use fleetyard_tests::fixtures::{World, heartbeat, heartbeat_without_facts, machine, this_host_machine};
 use serde_json::{Value, json};
 
 /// Polls `check` (running the liveness sweep before each look) until it holds.
@@ -197,11 +197,9 @@ async fn credentials_stop_working_when_replaced_renewed_or_revoked() {
         }
     };
     let first = enroll(board.enrollment_token.clone()).await.body["credential"].as_str().unwrap().to_owned();
-    let beat = json!({
-        "agent_version": "test", "sent_at": chrono::Utc::now(),
-        "facts": { "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 },
-        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
-    });
+    let beat = heartbeat(
+        json!({ "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 }),
+    );
     app.post("/api/v1/agent/heartbeat", &first, beat.clone()).await.expect(200);
 
     // Re-enrolling (a reinstalled machine) replaces the credential.
@@ -268,11 +266,9 @@ async fn an_agent_can_be_cut_off_and_loses_its_credential_when_the_machine_leave
         let app = &app;
         async move { app.request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&body)).await }
     };
-    let beat = json!({
-        "agent_version": "test", "sent_at": chrono::Utc::now(),
-        "facts": { "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 },
-        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
-    });
+    let beat = heartbeat(
+        json!({ "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 }),
+    );
     let first = credential(&enroll(&board.enrollment_token).await.expect(200).body);
     app.post("/api/v1/agent/heartbeat", &first, beat.clone()).await.expect(200);
 
@@ -303,11 +299,10 @@ async fn bad_heartbeats_name_the_field_and_only_agents_may_send_them() {
     let w = app.world().await;
     let board = app.machine_in(&w, this_host_machine("AG-6"), "onboarding").await;
     let credential = &app.enroll(&board.enrollment_token).await;
-    let beat = json!({
-        "agent_version": "test", "sent_at": "yesterday",
-        "facts": { "arch": "x86_64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 1, "disk_gib": 1 },
-        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
-    });
+    let mut beat = heartbeat(
+        json!({ "arch": "x86_64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 1, "disk_gib": 1 }),
+    );
+    beat["sent_at"] = json!("yesterday");
     let refused = app.post("/api/v1/agent/heartbeat", credential, beat.clone()).await.expect(422);
     assert_eq!(refused.fields(), ["sent_at"]);
     let mut garbled = beat.clone();
@@ -345,26 +340,21 @@ async fn heartbeats_leave_out_facts_the_server_has_and_it_asks_for_facts_it_lack
     let board = app.machine_in(&w, this_host_machine("AG-9"), "onboarding").await;
     let credential = &app.enroll(&board.enrollment_token).await;
     let last_seen = || async { app.machine(&w, &board.id).await["monitoring"]["last_heartbeat_at"].clone() };
-    let bare = || {
-        json!({
-            "agent_version": "test", "sent_at": chrono::Utc::now(),
-            "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
-        })
-    };
     // The server has not heard this machine's facts: it asks for them and keeps nothing.
-    let refused = app.post("/api/v1/agent/heartbeat", credential, bare()).await.expect(409);
+    let refused = app.post("/api/v1/agent/heartbeat", credential, heartbeat_without_facts()).await.expect(409);
     assert_eq!(refused.body["code"], "facts-wanted");
     tokio::time::sleep(Duration::from_millis(300)).await; // past a flush of the heartbeat queue
     assert!(last_seen().await.is_null(), "a refused heartbeat was stored");
 
-    let mut with_facts = bare();
-    with_facts["facts"] = json!({ "arch": "x86_64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 1, "disk_gib": 1 });
+    let with_facts = heartbeat(
+        json!({ "arch": "x86_64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 1, "disk_gib": 1 }),
+    );
     app.post("/api/v1/agent/heartbeat", credential, with_facts).await.expect(200);
     assert_eq!(app.machine(&w, &board.id).await["monitoring"]["facts"]["kernel"], "k");
     // Now it has them: a heartbeat without facts is a heartbeat.
     let mut stored = last_seen().await;
     for _ in 0..2 {
-        app.post("/api/v1/agent/heartbeat", credential, bare()).await.expect(200);
+        app.post("/api/v1/agent/heartbeat", credential, heartbeat_without_facts()).await.expect(200);
         let started = Instant::now();
         while last_seen().await == stored {
             assert!(started.elapsed() < Duration::from_secs(10), "the heartbeat without facts was never stored");

@@ -2,7 +2,7 @@
 //! a CI service account and a machine's agent. Each cell states what that caller must get.
 
 use fleetyard_tests::TestApp;
-use fleetyard_tests::fixtures::{id_of, machine, pool_machine, usage_right_form};
+use fleetyard_tests::fixtures::{heartbeat, id_of, machine, pool_machine, usage_right_form};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -67,11 +67,9 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
     let policy = json!({ "purposes": ["ci"], "max_concurrent_leases": 1, "max_lease_minutes": 60 });
     // Donors register their own premises; ops may register any kind of site.
     let site = |n: &str| json!({ "name": format!("site {n}"), "kind": "donor_site", "time_zone": "UTC" });
-    let heartbeat = json!({
-        "agent_version": "test", "sent_at": chrono::Utc::now(),
-        "facts": { "arch": "riscv64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 8, "memory_mib": 16384, "disk_gib": 256 },
-        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
-    });
+    let heartbeat = heartbeat(
+        json!({ "arch": "riscv64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 8, "memory_mib": 16384, "disk_gib": 256 }),
+    );
     // A lab machine with a lease on it, held by the CI account and donated by donor A.
     app.ready_pool(&w, "ownership", None, vec![pool_machine("x86_64", "LX-1", 8, 16)]).await;
     let runner =

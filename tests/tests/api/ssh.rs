@@ -5,7 +5,7 @@
 use diesel_async::RunQueryDsl;
 use fleetyard::schedules::{liveness, ssh_checks};
 use fleetyard_tests::TestApp;
-use fleetyard_tests::fixtures::{ApprovedMachine, World, this_host_machine};
+use fleetyard_tests::fixtures::{ApprovedMachine, World, heartbeat, this_host_machine};
 use fleetyard_tests::sshd::Sshd;
 use serde_json::{Value, json};
 
@@ -159,11 +159,9 @@ async fn a_silent_agent_is_checked_over_ssh_before_its_machine_is_declared_unrea
     let mut sshd = sshd_for(&app).await;
     let board = machine_behind(&app, &w, &sshd, this_host_machine("SSH-4"), "ready").await;
     let credential = app.enroll(&board.enrollment_token).await;
-    let beat = json!({
-        "agent_version": "test", "sent_at": chrono::Utc::now(),
-        "facts": { "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 },
-        "metrics": { "load1": 0.0, "load5": 0.0, "load15": 0.0, "uptime_secs": 1, "disk_used_pct": 1.0, "memory_available_mib": 1 }
-    });
+    let beat = heartbeat(
+        json!({ "arch": std::env::consts::ARCH, "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 1, "memory_mib": 256, "disk_gib": 1 }),
+    );
     app.post("/api/v1/agent/heartbeat", &credential, beat).await.expect(200);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     liveness::sweep(&app.state).await.unwrap();

@@ -106,6 +106,12 @@ impl Client {
         self.post("/api/v1/agent/enroll", None, &serde_json::json!({ "token": token, "facts": facts }))
     }
 
+    /// Enrolls a cloud instance with its launch's secret and its instance id.
+    pub fn enroll_instance(&self, secret: &str, instance_id: &str, facts: &Facts) -> Result<Credential, CallError> {
+        let body = serde_json::json!({ "launch_secret": secret, "instance_id": instance_id, "facts": facts });
+        self.post("/api/v1/agent/enroll", None, &body)
+    }
+
     /// A heartbeat; `facts` only when the server may not know them (see `run::beat`).
     pub fn heartbeat(
         &self,

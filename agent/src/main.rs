@@ -48,10 +48,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Exchange a one-time enrollment token for this machine's credential.
+    /// Exchange a one-time enrollment token for this machine's credential; or, on a cloud
+    /// instance Fleetyard launched, its launch's secret (`--bootstrap`) and its instance id.
     Enroll {
-        #[arg(long, env = "FLEETYARD_ENROLLMENT_TOKEN")]
-        token: String,
+        #[arg(long, env = "FLEETYARD_ENROLLMENT_TOKEN", required_unless_present = "bootstrap")]
+        token: Option<String>,
+        /// The bootstrap file the instance's cloud-init wrote (server and launch secret).
+        #[arg(long, requires = "instance_id", conflicts_with = "token")]
+        bootstrap: Option<PathBuf>,
+        /// This cloud instance's id (`cloud-init query v1.instance_id`).
+        #[arg(long)]
+        instance_id: Option<String>,
     },
     /// Send heartbeats and take work (leases' SSH keys) until SIGTERM or SIGINT.
     Run,
@@ -72,7 +79,11 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match cli.command {
-        Command::Enroll { token } => run::enroll(&settings, &token),
+        Command::Enroll { token: Some(token), .. } => run::enroll(&settings, &token),
+        Command::Enroll { bootstrap: Some(file), instance_id: Some(id), .. } => {
+            run::enroll_instance(&settings, &file, &id)
+        }
+        Command::Enroll { .. } => Err("give --token, or --bootstrap with --instance-id".into()),
         Command::Run => run::heartbeats(&settings),
         Command::AuthorizedKeys { user } => {
             work::print_authorized_keys(&settings.state_dir, settings.lease_user.as_deref(), &user)

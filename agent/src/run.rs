@@ -38,6 +38,46 @@ pub fn enroll(settings: &Settings, token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What cloud-init leaves on an instance Fleetyard launched (see the server's
+/// `domain::cloud::cloud_init`).
+#[derive(serde::Deserialize)]
+struct Bootstrap {
+    server: String,
+    launch_secret: String,
+}
+
+/// Enrolls a cloud instance with its launch's secret, from the bootstrap file its user data
+/// wrote. The instance may boot before Fleetyard has recorded it, and the network may come up
+/// late: retried with backoff for up to ten minutes.
+pub fn enroll_instance(settings: &Settings, bootstrap: &Path, instance_id: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(bootstrap).map_err(|e| format!("reading {}: {e}", bootstrap.display()))?;
+    let file: Bootstrap = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", bootstrap.display()))?;
+    let server = settings.server.clone().unwrap_or(file.server);
+    let client = Client::new(&server, settings.ca_file.as_deref())?;
+    let (facts, _) = facts::collect(&settings.disk_path)?;
+    let give_up = Instant::now() + Duration::from_secs(600);
+    let mut pause = Duration::from_secs(1);
+    let credential = loop {
+        match client.enroll_instance(file.launch_secret.trim(), instance_id.trim(), &facts) {
+            Ok(credential) => break credential,
+            Err(e @ CallError::Refused { status: 400..=499, .. })
+                if !matches!(&e, CallError::Refused { status: 409, .. }) =>
+            {
+                return Err(e.to_string());
+            }
+            Err(e) if Instant::now() >= give_up => return Err(e.to_string()),
+            Err(e) => {
+                say!("warn", "enrolling: {e}; trying again in {}s", pause.as_secs());
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(15));
+            }
+        }
+    };
+    credential::save(&settings.state_dir, &stored(&server, &credential))?;
+    say!("info", "enrolled as machine {}; credential saved in {}", credential.machine_id, settings.state_dir.display());
+    Ok(())
+}
+
 fn stored(server: &str, credential: &Credential) -> Stored {
     Stored {
         server: server.to_owned(),

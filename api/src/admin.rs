@@ -322,8 +322,8 @@ async fn seed(conn: &mut AsyncPgConnection, hashes: &[String]) -> anyhow::Result
             let accelerators: Vec<Accelerator> = Vec::new();
             let row = db::machines::NewMachine {
                 id: MachineId::generate(),
-                donation_id: donation.id,
-                donor_id: donation.donor_id,
+                donation_id: Some(donation.id),
+                donor_id: Some(donation.donor_id),
                 site_id: donation.site_id,
                 hostname: Some(&hostname),
                 asset_tag: Some(&tag),
@@ -351,7 +351,7 @@ async fn seed(conn: &mut AsyncPgConnection, hashes: &[String]) -> anyhow::Result
                 };
                 db::machines::set_lifecycle(conn, &[machine.id], &change).await?;
             }
-            changes.push(Change::new("machine.registered", "machine", machine.id).donor(Some(machine.donor_id)));
+            changes.push(Change::new("machine.registered", "machine", machine.id).donor(machine.donor_id));
         }
     }
     audit::record(conn, &actor, &changes).await?;
@@ -443,8 +443,8 @@ pub async fn local_machine(conn: &mut AsyncPgConnection, token_hours: i64) -> an
                 let labels = Labels::from([("local".to_owned(), "true".to_owned())]);
                 let row = db::machines::NewMachine {
                     id: MachineId::generate(),
-                    donation_id: donation.id,
-                    donor_id: donor.id,
+                    donation_id: Some(donation.id),
+                    donor_id: Some(donor.id),
                     site_id: lab.id,
                     hostname: None,
                     asset_tag: Some(LOCAL_ASSET_TAG),

@@ -1,5 +1,8 @@
 //! Configuration: defaults, then an optional TOML file, then `FLEETYARD_*` environment
-//! variables. Every option is documented in `.env.example`.
+//! variables. Every option is documented in `.env.example`; the clouds (accounts, regions,
+//! catalogues) live in the TOML file and are documented in `deploy/clouds.example.toml`.
+
+pub mod clouds;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -95,6 +98,9 @@ pub struct Config {
 
     /// The background schedules; see `schedules::JOBS`.
     pub schedules: SchedulesConfig,
+
+    /// Cloud accounts and their catalogues; see `deploy/clouds.example.toml`.
+    pub clouds: clouds::CloudsConfig,
 }
 
 /// The background schedules and their switches.
@@ -108,6 +114,7 @@ pub struct SchedulesConfig {
     pub enrollment_expiry: ScheduleSetting,
     pub webhook_delivery: ScheduleSetting,
     pub outbox_retention: ScheduleSetting,
+    pub cloud_reconcile: ScheduleSetting,
 }
 
 /// One schedule: a cron expression with seconds (`sec min hour day month weekday`).
@@ -133,6 +140,7 @@ impl Default for SchedulesConfig {
             enrollment_expiry: ScheduleSetting::every("0 */10 * * * *"),
             webhook_delivery: ScheduleSetting::every("* * * * * *"),
             outbox_retention: ScheduleSetting::every("0 30 3 * * *"),
+            cloud_reconcile: ScheduleSetting::every("*/30 * * * * *"),
         }
     }
 }
@@ -190,6 +198,7 @@ impl Default for Config {
             scheduler_tick_millis: 1000,
             tenant_weights: BTreeMap::new(),
             schedules: SchedulesConfig::default(),
+            clouds: clouds::CloudsConfig::default(),
         }
     }
 }
@@ -222,12 +231,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             // FLEETYARD_SCHEDULES__REMINDERS__ENABLED=false reaches `schedules.reminders.enabled`.
             .merge(Env::prefixed("FLEETYARD_").ignore(&["config"]).split("__"))
             .extract()
             .context("invalid configuration")?;
         config.check()?;
+        config.clouds.resolve()?;
         Ok(config)
     }
 
@@ -332,6 +342,17 @@ mod tests {
         for (option, value) in defaults.as_object().unwrap() {
             let key = format!("FLEETYARD_{}", option.to_uppercase());
             match value.as_object() {
+                Some(clouds) if option == "clouds" => {
+                    for (key, value) in clouds {
+                        let name = format!("FLEETYARD_CLOUDS__{}", key.to_uppercase());
+                        let shown = if value.is_object() || value.is_array() {
+                            mentioned(&name)
+                        } else {
+                            mentioned(&format!("{name}="))
+                        };
+                        assert!(shown, "`.env.example` does not mention {name}");
+                    }
+                }
                 Some(jobs) => {
                     assert!(mentioned(&key), "`.env.example` does not mention {key}");
                     for job in jobs.keys().filter(|k| *k != "enabled") {
@@ -349,8 +370,11 @@ mod tests {
             }
             jail.set_env("FLEETYARD_JWT_SECRET", "0123456789abcdef0123456789abcdef");
             let loaded = serde_json::to_value(Config::load(None).expect("the example loads")).unwrap();
+            for (key, default) in defaults["clouds"].as_object().unwrap() {
+                assert_eq!(&loaded["clouds"][key], default, "`.env.example` shows clouds.{key} other than its default");
+            }
             for (option, default) in defaults.as_object().unwrap() {
-                if option != "jwt_secret" && option != "database_url" {
+                if option != "jwt_secret" && option != "database_url" && option != "clouds" {
                     assert_eq!(&loaded[option], default, "`.env.example` shows {option} other than its default");
                 }
             }

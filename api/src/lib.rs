@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cloud;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -11,7 +12,9 @@ pub mod extract;
 pub mod handlers;
 pub mod heartbeats;
 pub mod monitoring;
+pub mod operations;
 pub mod probe;
+pub mod provisioner;
 pub mod routes;
 pub mod scheduler;
 pub mod schedules;

@@ -122,7 +122,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let pool = db::pool(&config.database_url, config.db_pool_size)?;
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
-    let state = AppState::new(pool, config);
+    let clouds = fleetyard::cloud::Clouds::from_config(&config.clouds).context("connecting to the clouds")?;
+    let state = AppState::new(pool, config, clouds);
     let key = state.ssh_key().await.context("loading Fleetyard's SSH key")?;
     tracing::info!(fingerprint = %key.fingerprint, "SSH key ready");
     let mut scheduler = schedules::start(state.clone()).await.context("starting the background schedules")?;

@@ -50,7 +50,7 @@ pub async fn store_facts(
     machine_status::record_facts(conn, machine.id, facts, source.as_str(), hash, &mismatches).await?;
     if mismatches != before {
         let change = Change::new("machine.facts_mismatch", "machine", machine.id)
-            .donor(Some(machine.donor_id))
+            .donor(machine.donor_id)
             .note(Some(&format!("facts reported by {}", source.as_str())))
             .before(&json!({ "mismatches": before }))
             .after(&json!({ "mismatches": mismatches, "facts": facts }));
@@ -81,7 +81,7 @@ pub async fn change_health(
         return Ok(false);
     };
     let change = Change::new("machine.health_changed", "machine", id)
-        .donor(Some(machine.donor_id))
+        .donor(machine.donor_id)
         .note(Some(reason))
         .before(&json!({ "health": from }))
         .after(&json!({ "health": to, "health_reason": reason }));
@@ -117,7 +117,7 @@ pub async fn quarantine(
     }
     let machine = machine_status::set_quarantine(conn, id, Some(reason)).await?;
     let change = Change::new("machine.quarantined", "machine", id)
-        .donor(Some(machine.donor_id))
+        .donor(machine.donor_id)
         .note(Some(reason))
         .before(&json!({ "quarantine": null }))
         .after(&json!({ "quarantine": { "since": machine.quarantined_at, "reason": reason } }));
@@ -141,7 +141,7 @@ pub fn machine_event(event_type: EventType, machine: &Machine, extra: serde_json
     if let (Some(data), Some(extra)) = (data.as_object_mut(), extra.as_object()) {
         data.extend(extra.clone());
     }
-    NewEvent { event_type, subject: format!("machines/{}", machine.id), donor_id: Some(machine.donor_id), data }
+    NewEvent { event_type, subject: format!("machines/{}", machine.id), donor_id: machine.donor_id, data }
 }
 
 /// Whether machines in this state are announced as ready when they get there.

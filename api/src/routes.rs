@@ -8,7 +8,8 @@ use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::handlers::{
-    agent, audit, auth, donations, donors, jobs, leases, machines, service_tokens, sites, system, users, webhooks,
+    agent, audit, auth, clouds, donations, donors, jobs, leases, machines, service_tokens, sites, system, users,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +31,7 @@ use crate::handlers::{
         (name = "donors", description = "Donor organisations"),
         (name = "leases", description = "Machines for CI runners: ask, wait, extend, release"),
         (name = "jobs", description = "Build and test jobs: a command placed on a matching machine, its output and status"),
+        (name = "clouds", description = "Cloud accounts, their catalogues and instances; importing existing servers"),
         (name = "sites", description = "Labs, donor sites and cloud regions"),
         (name = "users", description = "Accounts for ops and donors' staff"),
         (name = "service-tokens", description = "Service-account tokens for CI and other services"),
@@ -65,6 +67,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(agent::job_finished)
             .service(agent::enroll)
             .service(agent::renew_credential)
+            .service(agent::agent_binary)
             .service(system::ssh_public_key)
             .service(system::list_schedules)
             .service(system::run_schedule)
@@ -115,6 +118,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(jobs::get_job)
             .service(jobs::job_output)
             .service(jobs::cancel_job)
+            .service(clouds::list_clouds)
+            .service(clouds::list_cloud_instances)
+            .service(clouds::create_cloud_import)
+            .service(clouds::get_cloud_import)
             .service(audit::list_audit),
     );
 }

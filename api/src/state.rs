@@ -8,11 +8,13 @@ use anyhow::Context;
 use tokio::sync::OnceCell;
 
 use crate::auth::{AgentCredentials, TokenKeys};
+use crate::cloud::Clouds;
 use crate::config::Config;
 use crate::db::{self, DbConn};
 use crate::error::ApiError;
 use crate::heartbeats::HeartbeatIngest;
 use crate::probe::{self, SshLimits, SshProber};
+use crate::provisioner::{self, CloudBell};
 use crate::scheduler::Scheduler;
 use crate::work::WorkBell;
 
@@ -31,6 +33,10 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     /// Wakes agents' long polls when their machine's work changes.
     pub work_bell: Arc<WorkBell>,
+    /// The cloud providers, one per configured account and region (tests inject emulated ones).
+    pub clouds: Arc<Clouds>,
+    /// Wakes this replica's cloud worker (placement wrote intents).
+    pub cloud_bell: Arc<CloudBell>,
     ssh_key: Arc<OnceCell<SshKey>>,
 }
 
@@ -47,10 +53,12 @@ const SSH_KEY_NAME: &str = "ssh-ed25519";
 
 impl AppState {
     /// Builds the state and starts its background tasks: the heartbeat writer, the revocation
-    /// poll, the scheduler (needs a tokio runtime).
-    pub fn new(pool: db::Pool, config: Config) -> Self {
+    /// poll, the scheduler and the cloud worker (needs a tokio runtime). `clouds` are the
+    /// providers, usually `Clouds::from_config`.
+    pub fn new(pool: db::Pool, config: Config, clouds: Clouds) -> Self {
         let config = Arc::new(config);
-        Self {
+        let cloud_bell = Arc::new(CloudBell::default());
+        let state = Self {
             tokens: Arc::new(TokenKeys::new(&config)),
             openapi_json: crate::routes::openapi_json().into(),
             agents: AgentCredentials::start(pool.clone(), Duration::from_secs(config.agent_token_cache_secs)),
@@ -62,11 +70,15 @@ impl AppState {
             )),
             ssh_limits: Arc::new(SshLimits::new(config.ssh_concurrency, config.ssh_site_concurrency)),
             ssh_key: Arc::new(OnceCell::new()),
-            scheduler: Arc::new(Scheduler::start(pool.clone(), config.clone())),
+            scheduler: Arc::new(Scheduler::start(pool.clone(), config.clone(), cloud_bell.clone())),
             work_bell: WorkBell::start(config.database_url.clone()),
+            clouds: Arc::new(clouds),
+            cloud_bell,
             config,
             pool,
-        }
+        };
+        tokio::spawn(provisioner::run(state.clone()));
+        state
     }
 
     /// A pooled connection, or 503 when the database cannot be reached.

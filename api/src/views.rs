@@ -40,8 +40,9 @@ pub struct Quarantine {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MachineView {
     pub id: MachineId,
-    pub donation_id: DonationId,
-    pub donor_id: DonorId,
+    /// Absent for a machine rented from a cloud (or imported from one).
+    pub donation_id: Option<DonationId>,
+    pub donor_id: Option<DonorId>,
     pub site_id: SiteId,
     pub hostname: Option<String>,
     pub asset_tag: Option<String>,

@@ -108,7 +108,8 @@ impl TestApp {
     fn serve_on(db: Arc<TestDb>, config: Config, listener: TcpListener) -> TestApp {
         fleetyard::telemetry::init(config.log_format, &config.log_filter);
         let pool = db::pool(&config.database_url, config.db_pool_size).expect("pool");
-        let state = AppState::new(pool, config);
+        let clouds = fleetyard::cloud::Clouds::from_config(&config.clouds).expect("the clouds' configuration");
+        let state = AppState::new(pool, config, clouds);
         let server = startup::build_server(state.clone(), listener, false).expect("building the server");
         let base_url = format!("http://{}", server.address);
         let handle = server.server.handle();

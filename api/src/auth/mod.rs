@@ -47,8 +47,10 @@ impl DonorScope {
         }
     }
 
-    pub fn covers(self, donor: DonorId) -> bool {
-        self.only().is_none_or(|own| own == donor)
+    /// Whether the scope covers what belongs to `donor` (`None`: to no donor, such as a
+    /// machine rented from a cloud, which only ops see).
+    pub fn covers(self, donor: Option<DonorId>) -> bool {
+        self.only().is_none_or(|own| Some(own) == donor)
     }
 }
 

@@ -198,10 +198,10 @@ pub async fn follow_leases(
                 diesel::sql_query(
                     "INSERT INTO leases (id, state, holder_kind, holder_id, holder_name, request_hash, tenant, purpose,
                          priority, arch, min_cores, min_memory_mib, min_disk_gib, labels, trusted_only, duration_secs,
-                         deadline, job_id)
+                         deadline, job_id, placement, max_lab_wait_secs)
                      SELECT $1, 'queued', holder_kind, holder_id, holder_name, request_hash, tenant, purpose,
                          priority, arch, min_cores, min_memory_mib, min_disk_gib, labels, trusted_only, duration_secs,
-                         now() + make_interval(secs => $3), job_id
+                         now() + make_interval(secs => $3), job_id, placement, max_lab_wait_secs
                      FROM leases WHERE id = $2",
                 )
                 .bind::<diesel::sql_types::Uuid, _>(again.0)

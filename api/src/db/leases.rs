@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::schema::leases;
 use super::{Json, Page};
+use crate::domain::cloud::Placement;
 use crate::domain::placement::{Candidate, Demand, Requirements};
 use crate::domain::usage_policy::Purpose;
 use crate::domain::{
@@ -49,6 +50,12 @@ pub struct Lease {
     pub end_reason: Option<String>,
     /// The job this lease is an attempt of, if any.
     pub job_id: Option<JobId>,
+    pub placement: Placement,
+    pub max_lab_wait_secs: i32,
+    /// Why a queued lease is not on a cloud, or what is being launched for it.
+    pub cloud_note: Option<String>,
+    /// The cloud instance it was granted on.
+    pub cloud_instance_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -74,6 +81,8 @@ pub struct NewLease {
     pub ssh_public_key: Option<String>,
     pub deadline: DateTime<Utc>,
     pub job_id: Option<JobId>,
+    pub placement: Placement,
+    pub max_lab_wait_secs: i32,
 }
 
 /// A lease's requirements and placement terms, whether written yet or not: the columns
@@ -99,6 +108,7 @@ macro_rules! demand_accessors {
                     purpose: self.purpose,
                     duration: chrono::Duration::seconds(self.duration_secs.into()),
                     trusted_only: self.trusted_only,
+                    placement: self.placement,
                 }
             }
         }
@@ -271,8 +281,9 @@ pub async fn delete(conn: &mut AsyncPgConnection, ids: &[LeaseId]) -> QueryResul
 pub struct Grant {
     pub lease: LeaseId,
     pub machine: MachineId,
-    pub donation: DonationId,
-    pub donor: DonorId,
+    /// `None` on a machine rented from a cloud.
+    pub donation: Option<DonationId>,
+    pub donor: Option<DonorId>,
 }
 
 /// Grants queued leases their machines, each for its duration from the database's now, and
@@ -284,8 +295,8 @@ pub async fn grant(conn: &mut AsyncPgConnection, grants: &[Grant]) -> QueryResul
     }
     let lease: Vec<Uuid> = grants.iter().map(|g| g.lease.0).collect();
     let machine: Vec<Uuid> = grants.iter().map(|g| g.machine.0).collect();
-    let donation: Vec<Uuid> = grants.iter().map(|g| g.donation.0).collect();
-    let donor: Vec<Uuid> = grants.iter().map(|g| g.donor.0).collect();
+    let donation: Vec<Option<Uuid>> = grants.iter().map(|g| g.donation.map(|d| d.0)).collect();
+    let donor: Vec<Option<Uuid>> = grants.iter().map(|g| g.donor.map(|d| d.0)).collect();
     let granted: Vec<Lease> = diesel::sql_query(
         "UPDATE leases AS l SET state = 'granted', machine_id = g.machine, donation_id = g.donation,
              donor_id = g.donor, granted_at = now(), expires_at = now() + make_interval(secs => l.duration_secs)
@@ -295,8 +306,8 @@ pub async fn grant(conn: &mut AsyncPgConnection, grants: &[Grant]) -> QueryResul
     )
     .bind::<Array<diesel::sql_types::Uuid>, _>(&lease)
     .bind::<Array<diesel::sql_types::Uuid>, _>(&machine)
-    .bind::<Array<diesel::sql_types::Uuid>, _>(&donation)
-    .bind::<Array<diesel::sql_types::Uuid>, _>(&donor)
+    .bind::<Array<Nullable<diesel::sql_types::Uuid>>, _>(&donation)
+    .bind::<Array<Nullable<diesel::sql_types::Uuid>>, _>(&donor)
     .load(conn)
     .await?;
     diesel::sql_query(
@@ -328,10 +339,10 @@ pub async fn set_expiry(conn: &mut AsyncPgConnection, id: LeaseId, expires_at: D
 /// Leases held now, by donation, donor and tenant.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Held {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub donation_id: DonationId,
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub donor_id: DonorId,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    pub donation_id: Option<DonationId>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    pub donor_id: Option<DonorId>,
     #[diesel(sql_type = Text)]
     pub tenant: String,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -351,10 +362,10 @@ pub async fn held(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Held>> {
 struct MachineRow {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     id: MachineId,
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    donor_id: DonorId,
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    donation_id: DonationId,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    donor_id: Option<DonorId>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    donation_id: Option<DonationId>,
     #[diesel(sql_type = Text)]
     arch: Arch,
     #[diesel(sql_type = Int4)]
@@ -365,8 +376,8 @@ struct MachineRow {
     disk_gib: i64,
     #[diesel(sql_type = diesel::sql_types::Jsonb)]
     labels: Json<Labels>,
-    #[diesel(sql_type = Text)]
-    model: DonationModel,
+    #[diesel(sql_type = Nullable<Text>)]
+    model: Option<DonationModel>,
     #[diesel(sql_type = Nullable<diesel::sql_types::Jsonb>)]
     usage_policy: Option<Json<UsagePolicy>>,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -406,19 +417,19 @@ impl MachineRow {
 const MACHINE_COLUMNS: &str = "m.id, m.donor_id, m.donation_id, m.arch, m.cpu_cores, m.memory_mib, m.disk_gib,
     m.labels, d.model, d.usage_policy, s.leases_granted, s.unreachable_episodes, s.lost_leases, s.crashed_jobs,
     m.ssh_host, m.ssh_port, m.ssh_user
-    FROM machines m JOIN donations d ON d.id = m.donation_id JOIN machine_status s ON s.machine_id = m.id";
+    FROM machines m LEFT JOIN donations d ON d.id = m.donation_id JOIN machine_status s ON s.machine_id = m.id";
 
 fn candidates_of(rows: Vec<MachineRow>) -> Vec<Candidate> {
     // Machines of one donation share its policy.
     let mut policies: std::collections::HashMap<DonationId, Arc<UsagePolicy>> = std::collections::HashMap::new();
     rows.into_iter()
         .map(|r| {
-            let policy = match (r.model, r.usage_policy) {
-                (DonationModel::UsageRight, Some(Json(policy))) => {
-                    Some(policies.entry(r.donation_id).or_insert_with(|| Arc::new(policy)).clone())
+            let policy = match (r.model, r.usage_policy, r.donation_id) {
+                (Some(DonationModel::UsageRight), Some(Json(policy)), Some(donation)) => {
+                    Some(policies.entry(donation).or_insert_with(|| Arc::new(policy)).clone())
                 }
                 // A usage-right donation without terms allows nothing; the model requires them.
-                (DonationModel::UsageRight, None) => Some(Arc::new(UsagePolicy {
+                (Some(DonationModel::UsageRight), _, _) => Some(Arc::new(UsagePolicy {
                     purposes: Vec::new(),
                     time_zone: None,
                     windows: Vec::new(),
@@ -431,12 +442,13 @@ fn candidates_of(rows: Vec<MachineRow>) -> Vec<Candidate> {
                 machine_id: r.id,
                 donor_id: r.donor_id,
                 donation_id: r.donation_id,
+                cloud: r.donation_id.is_none(),
                 arch: r.arch,
                 cores: r.cpu_cores,
                 memory_mib: r.memory_mib,
                 disk_gib: r.disk_gib,
                 labels: r.labels.0,
-                trusted: r.model != DonationModel::UsageRight,
+                trusted: matches!(r.model, Some(DonationModel::Ownership | DonationModel::Loan)),
                 policy,
                 leases_granted: r.leases_granted,
                 unreachable_episodes: r.unreachable_episodes,
@@ -447,13 +459,16 @@ fn candidates_of(rows: Vec<MachineRow>) -> Vec<Candidate> {
         .collect()
 }
 
-/// Machines that could take a lease right now (ready, healthy, not quarantined, not leased),
-/// with how a holder would reach each.
+/// Machines that could take a lease right now (ready, healthy, not quarantined, not leased,
+/// and not a cloud instance launched for a lease still waiting for it), with how a holder
+/// would reach each.
 pub async fn free_machines(conn: &mut AsyncPgConnection) -> QueryResult<(Vec<Candidate>, Vec<Option<Connection>>)> {
     let rows: Vec<MachineRow> = diesel::sql_query(format!(
         "SELECT {MACHINE_COLUMNS}
          WHERE m.lifecycle = 'ready' AND m.health = 'healthy' AND m.quarantined_at IS NULL
-           AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.machine_id = m.id AND l.state = 'granted')"
+           AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.machine_id = m.id AND l.state = 'granted')
+           AND NOT EXISTS (SELECT 1 FROM cloud_instances i JOIN leases w ON w.id = i.lease_id
+                           WHERE i.machine_id = m.id AND w.state = 'queued')"
     ))
     .load(conn)
     .await?;
@@ -559,4 +574,66 @@ pub async fn held_by_machine(conn: &mut AsyncPgConnection, machine: MachineId) -
         .select(Lease::as_select())
         .load(conn)
         .await
+}
+
+/// When granted leases on donated machines end, by architecture, soonest first: when the labs
+/// can be expected to take the next waiting leases.
+pub async fn lab_lease_ends(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<std::collections::HashMap<Arch, Vec<DateTime<Utc>>>> {
+    #[derive(QueryableByName)]
+    struct End {
+        #[diesel(sql_type = Text)]
+        arch: Arch,
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        expires_at: DateTime<Utc>,
+    }
+    let rows: Vec<End> = diesel::sql_query(
+        "SELECT arch, expires_at FROM leases
+         WHERE state = 'granted' AND donation_id IS NOT NULL ORDER BY expires_at",
+    )
+    .load(conn)
+    .await?;
+    let mut ends: std::collections::HashMap<Arch, Vec<DateTime<Utc>>> = std::collections::HashMap::new();
+    for row in rows {
+        ends.entry(row.arch).or_default().push(row.expires_at);
+    }
+    Ok(ends)
+}
+
+/// Records, for queued leases, why they are not on a cloud or what is launched for them.
+pub async fn set_cloud_notes(conn: &mut AsyncPgConnection, notes: &[(LeaseId, Option<String>)]) -> QueryResult<usize> {
+    if notes.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = notes.iter().map(|(id, _)| id.0).collect();
+    let texts: Vec<Option<String>> = notes.iter().map(|(_, note)| note.clone()).collect();
+    diesel::sql_query(
+        "UPDATE leases l SET cloud_note = n.note
+         FROM unnest($1::uuid[], $2::text[]) AS n(id, note) WHERE l.id = n.id AND l.state = 'queued'",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Array<Nullable<Text>>, _>(texts)
+    .execute(conn)
+    .await
+}
+
+/// Puts the plain leases granted on these machines (which were lost) back in the queue, as if
+/// never granted, with `note`; a job's attempt is left to fail with its machine, so that the
+/// job is queued again by its own rules.
+pub async fn requeue_on(conn: &mut AsyncPgConnection, machines: &[MachineId], note: &str) -> QueryResult<usize> {
+    if machines.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = machines.iter().map(|m| m.0).collect();
+    diesel::sql_query(
+        "UPDATE leases SET state = 'queued', machine_id = NULL, donation_id = NULL, donor_id = NULL,
+             granted_at = NULL, expires_at = NULL, cloud_instance_id = NULL, cloud_note = $2,
+             deadline = now() + (deadline - queued_at)
+         WHERE machine_id = ANY ($1) AND state = 'granted' AND job_id IS NULL",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Text, _>(note)
+    .execute(conn)
+    .await
 }

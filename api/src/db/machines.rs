@@ -14,8 +14,9 @@ use crate::domain::{
 #[diesel(table_name = machines, check_for_backend(diesel::pg::Pg))]
 pub struct Machine {
     pub id: MachineId,
-    pub donation_id: DonationId,
-    pub donor_id: DonorId,
+    /// `None` for a machine rented from a cloud (or imported from one).
+    pub donation_id: Option<DonationId>,
+    pub donor_id: Option<DonorId>,
     pub site_id: SiteId,
     pub hostname: Option<String>,
     pub asset_tag: Option<String>,
@@ -49,8 +50,8 @@ pub struct Machine {
 #[diesel(table_name = machines)]
 pub struct NewMachine<'a> {
     pub id: MachineId,
-    pub donation_id: DonationId,
-    pub donor_id: DonorId,
+    pub donation_id: Option<DonationId>,
+    pub donor_id: Option<DonorId>,
     pub site_id: SiteId,
     pub hostname: Option<&'a str>,
     pub asset_tag: Option<&'a str>,
@@ -220,7 +221,7 @@ pub async fn list(
         query = query.filter(machines::donation_id.eq(donation_id));
     }
     if let Some(model) = filter.donation_model {
-        let of_model = donations::table.filter(donations::model.eq(model)).select(donations::id);
+        let of_model = donations::table.filter(donations::model.eq(model)).select(donations::id.nullable());
         query = query.filter(machines::donation_id.eq_any(of_model));
     }
     if !filter.labels.is_empty() {
@@ -239,4 +240,23 @@ pub async fn list(
         query = query.filter(machines::id.gt(after));
     }
     query.order(machines::id).limit(page.fetch_limit()).load(conn).await
+}
+
+/// Where lease holders log in (a cloud instance's, once the cloud says where it is).
+pub async fn set_ssh_endpoint(
+    conn: &mut AsyncPgConnection,
+    id: MachineId,
+    host: &str,
+    port: i32,
+    user: &str,
+) -> QueryResult<usize> {
+    diesel::update(machines::table.find(id))
+        .set((
+            machines::ssh_host.eq(host),
+            machines::ssh_port.eq(port),
+            machines::ssh_user.eq(user),
+            machines::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
 }

@@ -4,6 +4,7 @@
 
 pub mod api_tokens;
 pub mod audit;
+pub mod clouds;
 pub mod donations;
 pub mod donors;
 pub mod enrollment;

@@ -69,8 +69,8 @@ diesel::table! {
 diesel::table! {
     machines (id) {
         id -> Uuid,
-        donation_id -> Uuid,
-        donor_id -> Uuid,
+        donation_id -> Nullable<Uuid>,
+        donor_id -> Nullable<Uuid>,
         site_id -> Uuid,
         hostname -> Nullable<Text>,
         asset_tag -> Nullable<Text>,
@@ -279,6 +279,121 @@ diesel::table! {
         ended_at -> Nullable<Timestamptz>,
         end_reason -> Nullable<Text>,
         job_id -> Nullable<Uuid>,
+        placement -> Text,
+        max_lab_wait_secs -> Int4,
+        cloud_note -> Nullable<Text>,
+        cloud_instance_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    cloud_launches (id) {
+        id -> Uuid,
+        account -> Text,
+        provider -> Text,
+        region -> Text,
+        flavour -> Text,
+        market -> Text,
+        image -> Text,
+        count -> Int4,
+        client_token -> Text,
+        state -> Text,
+        secret_hash -> Binary,
+        secret_expires_at -> Timestamptz,
+        claimed_until -> Nullable<Timestamptz>,
+        calls -> Int4,
+        created_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        error_kind -> Nullable<Text>,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    cloud_instances (id) {
+        id -> Uuid,
+        state -> Text,
+        account -> Text,
+        provider -> Text,
+        region -> Text,
+        flavour -> Text,
+        market -> Text,
+        arch -> Text,
+        cores -> Int4,
+        memory_mib -> Int8,
+        disk_gib -> Int8,
+        hourly_micros -> Int8,
+        tenant -> Nullable<Text>,
+        lease_id -> Nullable<Uuid>,
+        launch_id -> Nullable<Uuid>,
+        provider_id -> Nullable<Text>,
+        machine_id -> Nullable<Uuid>,
+        imported -> Bool,
+        created_at -> Timestamptz,
+        launched_at -> Nullable<Timestamptz>,
+        enrolled_at -> Nullable<Timestamptz>,
+        ready_at -> Nullable<Timestamptz>,
+        claimed_until -> Nullable<Timestamptz>,
+        deadline -> Nullable<Timestamptz>,
+        missing_since -> Nullable<Timestamptz>,
+        ended_at -> Nullable<Timestamptz>,
+        end_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    cloud_unavailable (id) {
+        id -> Int8,
+        account -> Text,
+        region -> Nullable<Text>,
+        flavour -> Nullable<Text>,
+        market -> Nullable<Text>,
+        kind -> Text,
+        reason -> Text,
+        until -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    cloud_rate_buckets (account, region, bucket) {
+        account -> Text,
+        region -> Text,
+        bucket -> Text,
+        tokens -> Float8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    cloud_calls (account, region, operation) {
+        account -> Text,
+        region -> Text,
+        operation -> Text,
+        ok -> Int8,
+        failed -> Int8,
+        throttled -> Int8,
+        last_error -> Nullable<Text>,
+        last_error_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    cloud_imports (id) {
+        id -> Uuid,
+        account -> Text,
+        region -> Text,
+        instance_ids -> Array<Text>,
+        tag_key -> Nullable<Text>,
+        tag_value -> Nullable<Text>,
+        state -> Text,
+        requested_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        claimed_until -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        machine_ids -> Array<Uuid>,
+        error -> Nullable<Text>,
     }
 }
 
@@ -324,6 +439,8 @@ diesel::joinable!(webhook_deliveries -> webhook_subscriptions (subscription_id))
 diesel::joinable!(machines -> donations (donation_id));
 diesel::joinable!(donations -> donors (donor_id));
 diesel::joinable!(sites -> donors (donor_id));
+diesel::joinable!(cloud_instances -> machines (machine_id));
+diesel::joinable!(cloud_instances -> cloud_launches (launch_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     donors,
@@ -341,4 +458,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     leases,
     jobs,
     job_output,
+    cloud_launches,
+    cloud_instances,
+    cloud_unavailable,
+    cloud_rate_buckets,
+    cloud_calls,
+    cloud_imports,
 );

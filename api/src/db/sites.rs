@@ -97,3 +97,35 @@ pub async fn update(conn: &mut AsyncPgConnection, id: SiteId, changes: &SiteChan
         .get_result(conn)
         .await
 }
+
+/// The site of a cloud region, made the first time an instance lands there.
+pub async fn cloud_region(conn: &mut AsyncPgConnection, provider: CloudProvider, region: &str) -> QueryResult<Site> {
+    let existing = || {
+        sites::table
+            .filter(sites::kind.eq(SiteKind::CloudRegion))
+            .filter(sites::cloud_provider.eq(provider))
+            .filter(sites::cloud_region.eq(region.to_owned()))
+            .order(sites::id)
+            .select(Site::as_select())
+    };
+    if let Some(site) = existing().first(conn).await.optional()? {
+        return Ok(site);
+    }
+    let name = format!("{provider} {region}");
+    diesel::insert_into(sites::table)
+        .values(&NewSite {
+            id: SiteId::generate(),
+            name: &name,
+            kind: SiteKind::CloudRegion,
+            donor_id: None,
+            cloud_provider: Some(provider),
+            cloud_region: Some(region),
+            address: None,
+            country: None,
+            time_zone: "UTC",
+        })
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    existing().first(conn).await
+}

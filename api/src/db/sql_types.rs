@@ -10,6 +10,7 @@ use diesel::sql_types::{Jsonb, Text};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::domain::cloud::{CloudErrorKind, InstanceState, LaunchState, Market, Placement};
 use crate::domain::usage_policy::Purpose;
 use crate::domain::{
     ActorKind, Arch, CloudProvider, DonationModel, DonationStatus, DonorKind, Health, HolderKind, JobState, LeaseState,
@@ -36,15 +37,20 @@ macro_rules! text_sql {
 text_sql!(
     ActorKind,
     Arch,
+    CloudErrorKind,
     CloudProvider,
     DonationModel,
     DonationStatus,
     DonorKind,
     Health,
     HolderKind,
+    InstanceState,
     JobState,
+    LaunchState,
     LeaseState,
     LifecycleState,
+    Market,
+    Placement,
     Purpose,
     Role,
     SiteKind,

@@ -118,6 +118,30 @@ const RULES: &[Rule] = &[
     },
 ];
 
+/// The transition table of machines rented from a cloud, or imported from one: no review, no
+/// shipping, no donor. The cloud worker moves a new instance to `ready` once its agent beats
+/// and retires it when it is terminated; ops may take one out for maintenance or retire it.
+#[rustfmt::skip]
+const RENTED: &[(&[LifecycleState], LifecycleState)] = &[
+    (&[Onboarding, Maintenance], Ready),
+    (&[Onboarding, Ready], Maintenance),
+    (&[Onboarding, Ready, Maintenance], Retired),
+];
+
+/// States a rented machine may move to, for ops (donors have no rights over one).
+pub fn allowed_next_rented(from: LifecycleState, requester: Requester) -> Vec<LifecycleState> {
+    if requester == Requester::Donor {
+        return Vec::new();
+    }
+    RENTED.iter().filter(|(froms, _)| froms.contains(&from)).map(|(_, to)| *to).collect()
+}
+
+/// Whether a rented machine may go `from -> to`.
+pub fn check_rented(from: LifecycleState, to: LifecycleState, requester: Requester) -> Result<(), InvalidTransition> {
+    let allowed = allowed_next_rented(from, requester);
+    if allowed.contains(&to) { Ok(()) } else { Err(InvalidTransition { from, to, allowed }) }
+}
+
 /// The facts a transition is judged on.
 #[derive(Debug, Clone, Copy)]
 pub struct Context {

@@ -7,6 +7,7 @@
 #[macro_use]
 mod macros;
 
+pub mod cloud;
 pub mod donation;
 pub mod events;
 pub mod facts;

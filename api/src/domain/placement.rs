@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use std::collections::HashMap;
 
+use super::cloud::Placement;
 use super::queue::{Queue, Waiting};
 use super::usage_policy::{Purpose, UsagePolicy};
 use super::{Arch, DonationId, DonorId, Labels, LeaseId, MachineId};
@@ -42,14 +43,19 @@ pub struct Demand {
     pub duration: Duration,
     /// Foundation-lab machines only.
     pub trusted_only: bool,
+    /// Lab machines, cloud instances, or either.
+    pub placement: Placement,
 }
 
 /// A machine as placement sees it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub machine_id: MachineId,
-    pub donor_id: DonorId,
-    pub donation_id: DonationId,
+    /// `None` for a machine rented from a cloud.
+    pub donor_id: Option<DonorId>,
+    pub donation_id: Option<DonationId>,
+    /// A cloud instance (rented, or imported), not a donated machine.
+    pub cloud: bool,
     pub arch: Arch,
     pub cores: i32,
     pub memory_mib: i64,
@@ -71,6 +77,8 @@ pub struct Candidate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Misfit {
     Arch,
+    /// A cloud instance for a request that wants the labs, or the other way round.
+    Placement,
     Untrusted,
     Cores,
     Memory,
@@ -91,6 +99,14 @@ pub fn lasting_misfit(machine: &Candidate, demand: &Demand) -> Option<Misfit> {
     let r = &demand.requirements;
     if machine.arch != r.arch {
         return Some(Misfit::Arch);
+    }
+    let wanted = match demand.placement {
+        Placement::Any => true,
+        Placement::Lab => !machine.cloud,
+        Placement::Cloud => machine.cloud,
+    };
+    if !wanted {
+        return Some(Misfit::Placement);
     }
     if demand.trusted_only && !machine.trusted {
         return Some(Misfit::Untrusted);
@@ -135,7 +151,9 @@ pub fn misfit(machine: &Candidate, demand: &Demand, now: DateTime<Utc>, held_on_
     None
 }
 
-/// How well a machine suits a lease; higher is better. Four parts, each between 0 and 1:
+/// How well a machine suits a lease; higher is better. A cloud instance always comes after
+/// every donated machine that fits (it costs money by the hour). Four parts, each between 0
+/// and 1:
 /// - fit: little surplus of cores, memory and disk (big machines stay free for big requests);
 /// - rest: fewer leases so far (wear and use spread over the pool);
 /// - spread: fewer leases held on this machine's donor right now (no one donor carries all);
@@ -152,7 +170,8 @@ pub fn score(machine: &Candidate, demand: &Demand, held_by_donor: i64) -> f64 {
     let spread = 1.0 / (1.0 + held_by_donor as f64);
     let reliability = 1.0
         / (1.0 + machine.unreachable_episodes as f64 + 2.0 * machine.lost_leases as f64 + machine.crashed_jobs as f64);
-    3.0 * reliability + 2.0 * fit + spread + rest
+    let rented = if machine.cloud { 10.0 } else { 0.0 };
+    3.0 * reliability + 2.0 * fit + spread + rest - rented
 }
 
 /// Why no machine in `inventory` could ever take the lease, in words for the caller, or
@@ -161,7 +180,14 @@ pub fn score(machine: &Candidate, demand: &Demand, held_by_donor: i64) -> f64 {
 /// "no loongarch64 machine has 256 GiB of memory".
 pub fn unsatisfiable<'a>(inventory: impl IntoIterator<Item = &'a Candidate>, demand: &Demand) -> Option<String> {
     let r = &demand.requirements;
-    let mut left: Vec<&Candidate> = inventory.into_iter().collect();
+    let mut left: Vec<&Candidate> = inventory
+        .into_iter()
+        .filter(|c| match demand.placement {
+            Placement::Any => true,
+            Placement::Lab => !c.cloud,
+            Placement::Cloud => c.cloud,
+        })
+        .collect();
     let mut described = format!("{} machine", r.arch);
     let narrow = |left: &mut Vec<&Candidate>, keep: &dyn Fn(&Candidate) -> bool| {
         left.retain(|c| keep(c));
@@ -214,10 +240,21 @@ pub struct Holdings {
 }
 
 impl Holdings {
-    fn add(&mut self, machine: &Candidate, tenant: &str) {
-        *self.by_donation.entry(machine.donation_id).or_default() += 1;
-        *self.by_donor.entry(machine.donor_id).or_default() += 1;
+    pub fn add(&mut self, machine: &Candidate, tenant: &str) {
+        if let Some(donation) = machine.donation_id {
+            *self.by_donation.entry(donation).or_default() += 1;
+        }
+        if let Some(donor) = machine.donor_id {
+            *self.by_donor.entry(donor).or_default() += 1;
+        }
         *self.by_tenant.entry(tenant.to_owned()).or_default() += 1;
+    }
+
+    /// Leases held on this machine's donation, and on its donor.
+    fn on(&self, machine: &Candidate) -> (i64, i64) {
+        let on_donation = machine.donation_id.and_then(|d| self.by_donation.get(&d)).copied().unwrap_or(0);
+        let on_donor = machine.donor_id.and_then(|d| self.by_donor.get(&d)).copied().unwrap_or(0);
+        (on_donation, on_donor)
     }
 }
 
@@ -255,13 +292,11 @@ pub fn plan(
             .enumerate()
             .filter(|(_, i)| {
                 let machine = &free[**i];
-                let held = holdings.by_donation.get(&machine.donation_id).copied().unwrap_or(0);
-                misfit(machine, demand, now, held).is_none()
+                misfit(machine, demand, now, holdings.on(machine).0).is_none()
             })
             .map(|(at, i)| {
                 let machine = &free[*i];
-                let on_donor = holdings.by_donor.get(&machine.donor_id).copied().unwrap_or(0);
-                (at, *i, score(machine, demand, on_donor))
+                (at, *i, score(machine, demand, holdings.on(machine).1))
             })
             .max_by(|a, b| a.2.total_cmp(&b.2));
         if let Some((at, i, _)) = best {
@@ -292,8 +327,9 @@ mod tests {
     fn machine(arch: Arch, cores: i32, memory_gib: i64) -> Candidate {
         Candidate {
             machine_id: MachineId::generate(),
-            donor_id: DonorId::generate(),
-            donation_id: DonationId::generate(),
+            donor_id: Some(DonorId::generate()),
+            donation_id: Some(DonationId::generate()),
+            cloud: false,
             arch,
             cores,
             memory_mib: memory_gib * 1024,
@@ -320,6 +356,7 @@ mod tests {
             purpose: Purpose::Ci,
             duration: Duration::hours(2),
             trusted_only: false,
+            placement: Placement::Any,
         }
     }
 
@@ -474,7 +511,7 @@ mod tests {
 
         let other_donor = machine(Arch::Riscv64, 4, 8);
         let same_donor = machine(Arch::Riscv64, 4, 8);
-        let busy = Holdings { by_donor: HashMap::from([(same_donor.donor_id, 5)]), ..Holdings::default() };
+        let busy = Holdings { by_donor: HashMap::from([(same_donor.donor_id.unwrap(), 5)]), ..Holdings::default() };
         let second = plan(
             vec![(waiting("ci"), demand(Arch::Riscv64, 1, 1))],
             &[same_donor, other_donor],

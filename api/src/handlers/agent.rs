@@ -21,7 +21,7 @@ use crate::db::{self, api_tokens::NewApiToken};
 use crate::domain::facts::{Facts, Metrics, clip};
 use crate::domain::health::is_monitored;
 use crate::domain::health::is_overloaded;
-use crate::domain::{ActorKind, JobId, LeaseId, MachineId, Role, TokenId};
+use crate::domain::{ActorKind, Arch, JobId, LeaseId, MachineId, Role, TokenId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::parse_json_at;
 use crate::extract::{Json, JsonBody, Query};
@@ -50,14 +50,30 @@ pub fn new_enrollment_secret() -> (String, Vec<u8>) {
     (secret, hash)
 }
 
+/// One of two ways to enroll: a machine's one-time `token`, or, on a cloud instance
+/// Fleetyard launched, its launch's `launch_secret` (from the user data) with the
+/// `instance_id` the cloud gave it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The one-time enrollment token.
-    pub token: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The secret of the launch that made this cloud instance.
+    #[serde(default)]
+    pub launch_secret: Option<String>,
+    /// This cloud instance's id, as its cloud knows it (`i-0abc...`).
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// The machine's facts, compared with its declaration at once.
     #[serde(default)]
     pub facts: Option<Facts>,
+}
+
+/// Which machine an enrollment is for, once its secret checked out.
+enum Enrolling {
+    Token(TokenId),
+    Instance(uuid::Uuid),
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -87,29 +103,60 @@ pub struct Credential {
 pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Result<web::Json<Credential>, ApiError> {
     let mut request = body.into_inner();
     request.facts = request.facts.map(Facts::sanitized);
-    let hash = Sha256::digest(request.token.trim().as_bytes()).to_vec();
+    let secret = match (&request.token, &request.launch_secret, &request.instance_id) {
+        (Some(token), None, None) => Ok(token),
+        (None, Some(secret), Some(instance)) if !instance.trim().is_empty() && instance.len() <= 128 => Err(secret),
+        _ => {
+            return Err(ApiError::invalid_field(
+                "token",
+                "give either `token`, or `launch_secret` with `instance_id` (a cloud instance's id, at most 128 characters)",
+            ));
+        }
+    };
+    let hash = Sha256::digest(secret.unwrap_or_else(|s| s).trim().as_bytes()).to_vec();
     let lifetime = Duration::days(state.config.agent_credential_days);
     let mut conn = state.db().await?;
     let (credential, revoked) = conn
         .transaction::<_, ApiError, _>(async |conn| {
             let refused = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid-enrollment-token", "the enrollment token is unknown, used, revoked or expired");
-            let token = db::enrollment::lock_by_secret(conn, &hash).await?.ok_or_else(refused)?;
-            if token.used_at.is_some() || token.revoked_at.is_some() || token.expires_at <= Utc::now() {
-                return Err(refused());
-            }
-            let machine = db::machines::lock(conn, token.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+            let (machine_id, enrolling) = match secret {
+                Ok(_) => {
+                    let token = db::enrollment::lock_by_secret(conn, &hash).await?.ok_or_else(refused)?;
+                    if token.used_at.is_some() || token.revoked_at.is_some() || token.expires_at <= Utc::now() {
+                        return Err(refused());
+                    }
+                    (token.machine_id, Enrolling::Token(token.id))
+                }
+                Err(_) => {
+                    let instance = request.instance_id.as_deref().unwrap_or_default().trim();
+                    let (machine, row) = launched_instance(conn, &hash, instance).await?;
+                    (machine, Enrolling::Instance(row))
+                }
+            };
+            let machine = db::machines::lock(conn, machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
             if !is_monitored(machine.lifecycle) {
                 return Err(ApiError::conflict(
                     "machine-not-enrollable",
                     format!("the machine is `{}`; agents enroll once it is approved", machine.lifecycle),
                 ));
             }
-            db::enrollment::mark_used(conn, token.id).await?;
+            match enrolling {
+                Enrolling::Token(token) => db::enrollment::mark_used(conn, token).await?,
+                Enrolling::Instance(row) => {
+                    db::clouds::set_enrolled(conn, row).await?;
+                    if let Some(launch) = db::clouds::find_instance(conn, row).await?.and_then(|r| r.launch_id)
+                        && db::clouds::of_launch(conn, launch).await?.iter().all(|r| r.enrolled_at.is_some() || r.ended_at.is_some())
+                    {
+                        // Every instance of the launch has enrolled: its secret is spent.
+                        db::clouds::burn_secret(conn, launch).await?;
+                    }
+                }
+            }
             let revoked = db::enrollment::revoke_agent_credentials(conn, machine.id).await?;
             let credential = issue_credential(&state, conn, machine.id, lifetime).await?;
             let actor = Actor { kind: ActorKind::Agent, id: Some(credential.token_id.0), name: format!("agent of machine {}", machine.id) };
             let entry = Change::new("machine.agent_enrolled", "machine", machine.id)
-                .donor(Some(machine.donor_id))
+                .donor(machine.donor_id)
                 .after(&serde_json::json!({ "credential_id": credential.token_id, "expires_at": credential.body.credential_expires_at }));
             audit::record(conn, &actor, &[entry]).await?;
             if let Some(facts) = &request.facts {
@@ -120,6 +167,42 @@ pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Re
         .await?;
     state.agents.evict(&revoked);
     Ok(web::Json(credential))
+}
+
+/// The machine of the cloud instance `instance` of the launch whose secret hashes to `hash`,
+/// and its row, if the secret still works and that instance has not enrolled yet. An instance
+/// the worker has not recorded yet answers 409 `instance-not-yet-known`: retry shortly.
+async fn launched_instance(
+    conn: &mut diesel_async::AsyncPgConnection,
+    hash: &[u8],
+    instance: &str,
+) -> Result<(MachineId, uuid::Uuid), ApiError> {
+    let refused = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-launch-secret",
+            "the launch secret is unknown or spent, or the instance is not of its launch or has enrolled already",
+        )
+    };
+    let launch = db::clouds::launch_by_secret(conn, hash).await?.ok_or_else(refused)?;
+    if launch.secret_expires_at <= Utc::now() {
+        return Err(refused());
+    }
+    let rows = db::clouds::of_launch(conn, launch.id).await?;
+    if let Some(row) = rows.iter().find(|r| r.provider_id.as_deref() == Some(instance)) {
+        if row.enrolled_at.is_some() || row.ended_at.is_some() {
+            return Err(refused());
+        }
+        let machine = row.machine_id.ok_or_else(refused)?;
+        return Ok((machine, row.id));
+    }
+    if rows.iter().any(|r| r.provider_id.is_none() && r.ended_at.is_none()) {
+        return Err(ApiError::conflict(
+            "instance-not-yet-known",
+            "Fleetyard has not yet recorded this launch's instances; retry in a few seconds",
+        ));
+    }
+    Err(refused())
 }
 
 struct IssuedCredential {
@@ -315,7 +398,7 @@ pub async fn renew_credential(
                 name: format!("agent of machine {}", machine.id),
             };
             let entry = Change::new("machine.agent_credential_renewed", "machine", machine.id)
-                .donor(Some(machine.donor_id))
+                .donor(machine.donor_id)
                 .after(&serde_json::json!({
                     "credential_id": credential.token_id,
                     "expires_at": credential.body.credential_expires_at,
@@ -557,4 +640,32 @@ pub async fn job_finished(
     .await?;
     state.scheduler.wake();
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(
+    tag = "agents",
+    params(("arch" = Arch, Path)),
+    security(()),
+    responses(
+        (status = 200, description = "The `fleetyard-agent` binary for this architecture.", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "This server has no agent binary for the architecture.", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+)]
+#[get("/agent/binaries/{arch}")]
+/// The agent binary for an architecture, from `clouds.agent_binaries_dir`: what the user data of
+/// cloud instances downloads (and checks against the digest it carries). Public: the agent is
+/// open source and holds no secret.
+pub async fn agent_binary(state: web::Data<AppState>, arch: web::Path<Arch>) -> Result<HttpResponse, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "agent-binary-not-found",
+            "this server has no agent binary for that architecture",
+        )
+    };
+    let dir = state.config.clouds.agent_binaries_dir.clone().ok_or_else(missing)?;
+    let bytes =
+        tokio::fs::read(dir.join(format!("fleetyard-agent-{}", arch.into_inner()))).await.map_err(|_| missing())?;
+    Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes))
 }

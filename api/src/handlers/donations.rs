@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::machines::{MachineView, record_lifecycle_changes};
+use super::machines::MachineView;
 use super::{page, page_type, paginate};
 use crate::auth::{DonorScope, Principal};
 use crate::db::audit::{self, Change};
@@ -32,6 +32,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::handlers::agent::IssuedEnrollmentToken;
 use crate::handlers::machines::issue_enrollment;
+use crate::operations::machines::record_lifecycle_changes;
 use crate::state::AppState;
 pub use crate::views::DonationView;
 
@@ -265,8 +266,8 @@ pub async fn create_donation(
                 .iter()
                 .map(|m| NewMachine {
                     id: MachineId::generate(),
-                    donation_id: donation.id,
-                    donor_id,
+                    donation_id: Some(donation.id),
+                    donor_id: Some(donor_id),
                     site_id: donation.site_id,
                     hostname: m.hostname.as_deref(),
                     asset_tag: m.asset_tag.as_deref(),
@@ -427,7 +428,7 @@ pub async fn get_donation(
     let mut conn = state.db().await?;
     let donation = db::donations::find(&mut conn, id.into_inner())
         .await?
-        .filter(|d| scope.covers(d.donor_id))
+        .filter(|d| scope.covers(Some(d.donor_id)))
         .ok_or_else(|| ApiError::not_found("donation"))?;
     let machines = db::machines::of_donation(&mut conn, donation.id).await?;
     Ok(web::Json(donation_detail(donation, machines, &caller)))
@@ -482,7 +483,7 @@ pub async fn act_on_donation(
         .transaction::<_, ApiError, _>(async move |conn| {
             let donation = db::donations::lock(conn, id.into_inner())
                 .await?
-                .filter(|d| scope.covers(d.donor_id))
+                .filter(|d| scope.covers(Some(d.donor_id)))
                 .ok_or_else(|| ApiError::not_found("donation"))?;
             let outcome = donation::apply(donation.status, donation.model, request.action, requester)?;
             let note = request.note.as_deref();
@@ -578,7 +579,7 @@ pub async fn put_usage_policy(
         .transaction::<_, ApiError, _>(async move |conn| {
             let donation = db::donations::lock(conn, id.into_inner())
                 .await?
-                .filter(|d| scope.covers(d.donor_id))
+                .filter(|d| scope.covers(Some(d.donor_id)))
                 .ok_or_else(|| ApiError::not_found("donation"))?;
             if donation.model != DonationModel::UsageRight {
                 return Err(ApiError::conflict(

@@ -204,7 +204,7 @@ pub async fn get_donor(
 ) -> Result<web::Json<DonorView>, ApiError> {
     let scope = caller.admin_or_donor()?;
     let id = id.into_inner();
-    if !scope.covers(id) {
+    if !scope.covers(Some(id)) {
         return Err(ApiError::not_found("donor"));
     }
     let mut conn = state.db().await?;
@@ -232,7 +232,7 @@ pub async fn update_donor(
 ) -> Result<web::Json<DonorView>, ApiError> {
     let scope = caller.admin_or_donor()?;
     let id = id.into_inner();
-    if !scope.covers(id) {
+    if !scope.covers(Some(id)) {
         return Err(ApiError::not_found("donor"));
     }
     let patch = body.into_inner();

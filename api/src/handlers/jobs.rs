@@ -11,13 +11,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::leases::{
-    LeaseSpec, check_demand, holder, idempotency_key, may_change, new_lease, queue_standing, request_hash, scope,
+    LeaseSpec, check_demand, check_lab_wait, holder, idempotency_key, may_change, new_lease, queue_standing,
+    request_hash, scope,
 };
 use super::{page, page_type, paginate};
 use crate::auth::Principal;
 use crate::db::jobs::{Job, NewJob};
 use crate::db::leases::Scope;
 use crate::db::{self, Json as Jsonb};
+use crate::domain::cloud::Placement;
 use crate::domain::job::validate_env;
 use crate::domain::placement::Requirements;
 use crate::domain::usage_policy::Purpose;
@@ -61,6 +63,13 @@ pub struct JobRequest {
     /// How long each attempt may wait for a machine, in minutes.
     #[serde(default)]
     pub max_wait_minutes: Option<i64>,
+    /// Lab machines, a cloud instance, or either (the default), as for leases.
+    #[serde(default = "super::leases::any_placement")]
+    pub placement: Placement,
+    /// How long an attempt may wait for the labs before a cloud instance is launched for it.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10080)]
+    pub max_lab_wait_minutes: Option<i64>,
 }
 
 fn default_attempts() -> i32 {
@@ -123,7 +132,9 @@ impl From<Job> for JobView {
 
 page_type!(JobPage, JobView);
 
-fn validate(state: &AppState, request: &JobRequest) -> Result<i64, ApiError> {
+/// Validates a request, naming every problem; returns how long each attempt may wait in the
+/// queue and for the labs, in minutes.
+fn validate(state: &AppState, request: &JobRequest) -> Result<(i64, i64), ApiError> {
     let config = &state.config;
     let mut errors = FieldErrors::new();
     let wait = check_demand(
@@ -134,6 +145,7 @@ fn validate(state: &AppState, request: &JobRequest) -> Result<i64, ApiError> {
         request.max_wait_minutes,
         &mut errors,
     );
+    let lab_wait = check_lab_wait(config, request.max_lab_wait_minutes, &mut errors);
     check_text(&mut errors, "command", &request.command, 65_536);
     validate_env("env", &request.env, &mut errors);
     let max_secs = config.lease_max_minutes * 60 - i64::from(REPORT_GRACE_SECS);
@@ -144,7 +156,7 @@ fn validate(state: &AppState, request: &JobRequest) -> Result<i64, ApiError> {
         errors.add("max_attempts", "must be between 1 and 10");
     }
     errors.into_result()?;
-    Ok(wait)
+    Ok((wait, lab_wait))
 }
 
 async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
@@ -193,7 +205,7 @@ pub async fn create_job(
     let holder = holder(&caller, "jobs")?;
     let key = idempotency_key(&req)?;
     let request = body.into_inner();
-    let wait = validate(&state, &request)?;
+    let (wait, lab_wait) = validate(&state, &request)?;
     let hash = request_hash(&request)?;
 
     let mut conn = state.db().await?;
@@ -242,10 +254,17 @@ pub async fn create_job(
         idempotency_key: None,
         request_hash: hash,
         job_id: Some(job.id),
+        placement: request.placement,
+        max_lab_wait_minutes: lab_wait,
     });
-    match state.scheduler.submit(lease).await {
-        Ok(Answer::Accepted(..) | Answer::Replayed(_)) => {}
-        Err(refused) => {
+    let refused = match state.scheduler.submit(lease).await {
+        Ok(Answer::Accepted(..) | Answer::Replayed(_)) => None,
+        Ok(Answer::Refused { code, reason }) => Some(ApiError::unprocessable(code, reason)),
+        Err(e) => Some(e),
+    };
+    match refused {
+        None => {}
+        Some(refused) => {
             // Nothing may stay of a refused request, nor of one the scheduler could not take.
             let mut conn = state.db().await?;
             db::jobs::delete(&mut conn, job.id).await?;

@@ -15,6 +15,8 @@ use crate::auth::Principal;
 use crate::config::Config;
 use crate::db::leases::{Connection, Lease, NewLease, Scope};
 use crate::db::{self, Json as Jsonb};
+use crate::domain::CloudProvider;
+use crate::domain::cloud::{InstanceState, Market, Placement};
 use crate::domain::inventory::validate_labels;
 use crate::domain::lease::latest_end;
 use crate::domain::placement::Requirements;
@@ -53,6 +55,20 @@ pub struct LeaseRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 10080)]
     pub max_wait_minutes: Option<i64>,
+    /// `lab`: donated machines only; `cloud`: a cloud instance only; `any` (the default): the
+    /// labs first, a cloud instance when they cannot place it within `max_lab_wait_minutes`.
+    #[serde(default = "any_placement")]
+    pub placement: Placement,
+    /// How long a `placement: any` request may wait for the labs before a cloud instance is
+    /// launched for it; default from the server's configuration. 0: a cloud at once when no lab
+    /// machine is free.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10080)]
+    pub max_lab_wait_minutes: Option<i64>,
+}
+
+pub(super) fn any_placement() -> Placement {
+    Placement::Any
 }
 
 fn default_priority() -> i32 {
@@ -68,6 +84,25 @@ pub struct QueueStanding {
     /// When enough granted leases on matching-architecture machines will have expired for
     /// this one's turn, if that many are running; leases given back early make it sooner.
     pub estimated_start_at: Option<DateTime<Utc>>,
+    /// What a cloud is doing for it, or why it is not on one (no offer for its architecture,
+    /// the tenant's budget, an account at its cap...).
+    pub cloud_note: Option<String>,
+}
+
+/// The cloud instance a lease waits for or holds.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LeaseCloud {
+    pub instance_id: uuid::Uuid,
+    pub state: InstanceState,
+    pub provider: CloudProvider,
+    pub account: String,
+    pub region: String,
+    pub flavour: String,
+    pub market: Market,
+    pub hourly_price: f64,
+    /// What the lease has cost so far: the instance from its launch to its end, or, on an
+    /// imported server, the time it was held.
+    pub cost: f64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -101,11 +136,16 @@ pub struct LeaseView {
     pub end_reason: Option<String>,
     /// Only while queued.
     pub queue: Option<QueueStanding>,
+    pub placement: Placement,
+    pub max_lab_wait_minutes: i64,
+    /// The cloud instance it waits for or runs on, if any.
+    pub cloud: Option<LeaseCloud>,
 }
 
 impl LeaseView {
     fn new(lease: Lease, connection: Option<SshEndpoint>, queue: Option<QueueStanding>) -> Self {
         let requirements = lease.requirements();
+        let max_lab_wait_minutes = i64::from(lease.max_lab_wait_secs) / 60;
         Self {
             id: lease.id,
             state: lease.state,
@@ -126,6 +166,9 @@ impl LeaseView {
             ended_at: lease.ended_at,
             end_reason: lease.end_reason,
             queue,
+            placement: lease.placement,
+            max_lab_wait_minutes,
+            cloud: None,
         }
     }
 }
@@ -251,6 +294,8 @@ pub(super) struct LeaseSpec<'a> {
     pub idempotency_key: Option<String>,
     pub request_hash: Vec<u8>,
     pub job_id: Option<JobId>,
+    pub placement: Placement,
+    pub max_lab_wait_minutes: i64,
 }
 
 pub(super) fn new_lease(spec: LeaseSpec<'_>) -> NewLease {
@@ -276,7 +321,18 @@ pub(super) fn new_lease(spec: LeaseSpec<'_>) -> NewLease {
         ssh_public_key: spec.ssh_public_key,
         deadline: Utc::now() + Duration::minutes(spec.wait_minutes),
         job_id: spec.job_id,
+        placement: spec.placement,
+        max_lab_wait_secs: i32::try_from(spec.max_lab_wait_minutes * 60).unwrap_or(i32::MAX),
     }
+}
+
+/// Checks a request's `max_lab_wait_minutes`; returns it, or the configuration's default.
+pub(super) fn check_lab_wait(config: &Config, minutes: Option<i64>, errors: &mut FieldErrors) -> i64 {
+    let minutes = minutes.unwrap_or(config.clouds.default_max_lab_wait_minutes);
+    if !(0..=10_080).contains(&minutes) {
+        errors.add("max_lab_wait_minutes", "must be between 0 and 10080 (a week)");
+    }
+    minutes
 }
 
 /// A digest of a request as parsed, so a retry with the same key but another body is caught.
@@ -307,6 +363,7 @@ fn validate(
             format!("must be between 1 and {} (the platform's limit)", config.lease_max_minutes),
         );
     }
+    let lab_wait = check_lab_wait(config, request.max_lab_wait_minutes, &mut errors);
     if let Some(key) = &request.ssh_public_key {
         let one_line = !key.trim().contains('\n');
         if !one_line || key.len() > 16_384 || russh::keys::PublicKey::from_openssh(key.trim()).is_err() {
@@ -327,6 +384,8 @@ fn validate(
         idempotency_key: key,
         request_hash: request_hash(request)?,
         job_id: None,
+        placement: request.placement,
+        max_lab_wait_minutes: lab_wait,
     }))
 }
 
@@ -354,14 +413,32 @@ async fn view_on(conn: &mut AsyncPgConnection, lease: Lease) -> Result<LeaseView
         _ => None,
     };
     let queue = if lease.state == LeaseState::Queued { Some(queue_standing(conn, &lease).await?) } else { None };
-    Ok(LeaseView::new(lease, connection, queue))
+    let instance = match lease.cloud_instance_id {
+        Some(id) => db::clouds::find_instance(conn, id).await?,
+        None if lease.state == LeaseState::Queued => db::clouds::waited_for_by(conn, lease.id).await?,
+        None => None,
+    };
+    let cloud = instance.map(|i| LeaseCloud {
+        cost: super::clouds::lease_cost(&i, lease.granted_at, lease.ended_at),
+        instance_id: i.id,
+        state: i.state,
+        provider: i.provider,
+        account: i.account,
+        region: i.region,
+        flavour: i.flavour,
+        market: i.market,
+        hourly_price: i.hourly_micros as f64 / 1_000_000.0,
+    });
+    let mut view = LeaseView::new(lease, connection, queue);
+    view.cloud = cloud;
+    Ok(view)
 }
 
 /// Where a queued lease stands (for a job, its current attempt's lease).
 pub(super) async fn queue_standing(conn: &mut AsyncPgConnection, lease: &Lease) -> Result<QueueStanding, ApiError> {
     let (ahead, ends) = db::leases::queue_standing(conn, lease).await?;
     let estimated_start_at = usize::try_from(ahead).ok().and_then(|n| ends.get(n).copied());
-    Ok(QueueStanding { position: ahead + 1, estimated_start_at })
+    Ok(QueueStanding { position: ahead + 1, estimated_start_at, cloud_note: lease.cloud_note.clone() })
 }
 
 /// Waits up to `wait` for a queued lease to leave the queue, and returns it as it then stands.
@@ -427,6 +504,7 @@ pub async fn create_lease(
     let (lease, connection, replayed) = match state.scheduler.submit(new).await? {
         Answer::Accepted(lease, connection) => (lease, connection, false),
         Answer::Replayed(lease) => (lease, None, true),
+        Answer::Refused { code, reason } => return Err(ApiError::unprocessable(code, reason)),
     };
     if let (LeaseState::Granted, Some(connection)) = (lease.state, connection) {
         // Granted at once: everything needed is at hand.

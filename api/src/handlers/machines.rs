@@ -8,11 +8,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{page, page_type, paginate};
 use crate::auth::{DonorScope, Principal};
-use crate::db::audit::{self, Actor, Change};
+use crate::db::audit::{self, Change};
 use crate::db::machine_status::MachineStatus;
 use crate::db::machines::{LifecycleChange, Machine, MachineFilter};
 use crate::db::{self, donations::Donation};
-use crate::domain::EventType;
+use crate::domain::Requester;
 use crate::domain::facts::{Facts, Mismatch};
 use crate::domain::health::is_monitored;
 use crate::domain::inventory::{check_label_key, validate_labels};
@@ -20,22 +20,24 @@ use crate::domain::lifecycle::{self, Context};
 use crate::domain::validation::check_text;
 use crate::domain::{
     Arch, DonationId, DonationModel, DonationStatus, DonorId, FieldErrors, Health, Labels, LifecycleState, MachineId,
-    SiteId, TokenId,
+    SiteId,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::handlers::agent::{IssuedEnrollmentToken, new_enrollment_secret};
+use crate::operations::machines::{AgentCutOff, cut_off_agent, record_lifecycle_changes};
+use crate::probe;
 use crate::state::AppState;
 pub use crate::views::{Location, MachineView, SshEndpoint};
-use crate::{monitoring, probe};
 
 /// A machine with its donation's terms and what the caller may do with it next.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MachineDetail {
     #[serde(flatten)]
     pub machine: MachineView,
-    pub donation_model: DonationModel,
-    pub donation_status: DonationStatus,
+    /// Absent for a machine rented from a cloud.
+    pub donation_model: Option<DonationModel>,
+    pub donation_status: Option<DonationStatus>,
     /// Lifecycle states the caller may move this machine to.
     pub allowed_transitions: Vec<LifecycleState>,
     /// What the machine last reported (agent) or showed (SSH).
@@ -208,7 +210,7 @@ pub async fn get_machine(
         .ok_or_else(|| ApiError::not_found("machine"))?;
     let donation = find_donation(&mut conn, machine.donation_id).await?;
     let status = db::machine_status::find(&mut conn, machine.id).await?;
-    let mut detail = detail(machine, &donation, &caller);
+    let mut detail = detail(machine, donation.as_ref(), &caller);
     detail.monitoring = status.map(|s| MonitoringView::new(s, &caller));
     Ok(web::Json(detail))
 }
@@ -270,7 +272,7 @@ pub async fn edit_labels(
                 conn,
                 &actor,
                 &[Change::new("machine.labels_changed", "machine", after.id)
-                    .donor(Some(after.donor_id))
+                    .donor(after.donor_id)
                     .before(&before)
                     .after(&after)],
             )
@@ -426,8 +428,13 @@ async fn move_machine_now(
                 ));
             }
             let donation = find_donation(conn, machine.donation_id).await?;
-            let ctx = Context { model: donation.model, donation_status: donation.status, requester };
-            lifecycle::check(machine.lifecycle, request.to, &ctx)?;
+            match &donation {
+                Some(d) => {
+                    let ctx = Context { model: d.model, donation_status: d.status, requester };
+                    lifecycle::check(machine.lifecycle, request.to, &ctx)?;
+                }
+                None => lifecycle::check_rented(machine.lifecycle, request.to, requester)?,
+            }
             let change = LifecycleChange {
                 to: request.to,
                 deadline: lifecycle::deadline(request.to).map(|d| Utc::now() + d),
@@ -448,69 +455,11 @@ async fn move_machine_now(
                 request.note.as_deref(),
             )
             .await?;
-            Ok((detail(updated, &donation, caller), cut_off))
+            Ok((detail(updated, donation.as_ref(), caller), cut_off))
         })
         .await?;
     state.agents.evict(&cut_off);
     Ok(detail)
-}
-
-/// Everything that follows machines changing lifecycle, `before[i]` becoming `after[i]`: the
-/// audit entries, a `machine.ready` event for each that entered the pool, an SSH probe request
-/// for each that started onboarding (so its facts are checked against its declaration), and
-/// for each that left for good, its agent cut off. Returns the agent credentials revoked, for
-/// the caller to forget once the transaction has committed.
-pub(crate) async fn record_lifecycle_changes(
-    conn: &mut AsyncPgConnection,
-    actor: &Actor,
-    before: &[Machine],
-    after: &[Machine],
-    note: Option<&str>,
-) -> Result<Vec<TokenId>, ApiError> {
-    let changes: Vec<Change> = before
-        .iter()
-        .zip(after)
-        .map(|(old, new)| {
-            Change::new("machine.lifecycle_changed", "machine", new.id)
-                .donor(Some(new.donor_id))
-                .note(note)
-                .before(&MachineView::from(old.clone()))
-                .after(&MachineView::from(new.clone()))
-        })
-        .collect();
-    audit::record(conn, actor, &changes).await?;
-    let ready: Vec<_> = after
-        .iter()
-        .filter(|m| monitoring::announces_ready(m.lifecycle))
-        .map(|m| monitoring::machine_event(EventType::MachineReady, m, serde_json::json!({ "note": note })))
-        .collect();
-    db::events::emit(conn, &ready).await?;
-    for machine in after.iter().filter(|m| m.lifecycle == LifecycleState::Onboarding && m.ssh_host.is_some()) {
-        db::machine_status::request_probe(conn, machine.id).await?;
-    }
-    let mut revoked = Vec::new();
-    for machine in after.iter().filter(|m| lifecycle::is_terminal(m.lifecycle)) {
-        revoked.extend(cut_off_agent(conn, machine.id).await?.credentials);
-    }
-    Ok(revoked)
-}
-
-/// What cutting off a machine's agent revoked.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentCutOff {
-    /// Machine credentials revoked (the running agent's, and any still in their renewal grace).
-    #[serde(skip)]
-    pub credentials: Vec<TokenId>,
-    pub credentials_revoked: usize,
-    /// Unused enrollment tokens revoked.
-    pub enrollment_tokens_revoked: usize,
-}
-
-/// Revokes, now, the machine's agent credentials and unused enrollment tokens.
-async fn cut_off_agent(conn: &mut AsyncPgConnection, machine: MachineId) -> Result<AgentCutOff, ApiError> {
-    let credentials = db::enrollment::revoke_agent_credentials(conn, machine).await?;
-    let enrollment_tokens_revoked = db::enrollment::revoke_open_tokens(conn, machine).await?;
-    Ok(AgentCutOff { credentials_revoked: credentials.len(), credentials, enrollment_tokens_revoked })
 }
 
 #[utoipa::path(
@@ -538,9 +487,8 @@ pub async fn cut_off_machine_agent(
             let machine = lock_visible(conn, id.into_inner(), scope).await?;
             let cut_off = cut_off_agent(conn, machine.id).await?;
             if cut_off.credentials_revoked + cut_off.enrollment_tokens_revoked > 0 {
-                let entry = Change::new("machine.agent_cut_off", "machine", machine.id)
-                    .donor(Some(machine.donor_id))
-                    .after(&cut_off);
+                let entry =
+                    Change::new("machine.agent_cut_off", "machine", machine.id).donor(machine.donor_id).after(&cut_off);
                 audit::record(conn, &actor, &[entry]).await?;
             }
             Ok(cut_off)
@@ -558,25 +506,36 @@ async fn lock_visible(conn: &mut AsyncPgConnection, id: MachineId, scope: DonorS
         .ok_or_else(|| ApiError::not_found("machine"))
 }
 
-async fn find_donation(conn: &mut AsyncPgConnection, id: DonationId) -> Result<Donation, ApiError> {
+/// The machine's donation; `None` for a machine rented from a cloud.
+async fn find_donation(conn: &mut AsyncPgConnection, id: Option<DonationId>) -> Result<Option<Donation>, ApiError> {
+    let Some(id) = id else { return Ok(None) };
     db::donations::find(conn, id)
         .await?
+        .map(Some)
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("machine refers to missing donation {id}")))
 }
 
-fn detail(machine: Machine, donation: &Donation, caller: &Principal) -> MachineDetail {
+/// States the machine may move to for this requester: by its donation's table, or the table
+/// of rented machines.
+fn allowed_next(machine: &Machine, donation: Option<&Donation>, requester: Requester) -> Vec<LifecycleState> {
+    match donation {
+        Some(d) => lifecycle::allowed_next(
+            machine.lifecycle,
+            &Context { model: d.model, donation_status: d.status, requester },
+        ),
+        None => lifecycle::allowed_next_rented(machine.lifecycle, requester),
+    }
+}
+
+fn detail(machine: Machine, donation: Option<&Donation>, caller: &Principal) -> MachineDetail {
     let allowed_transitions = match caller {
-        Principal::Admin { .. } | Principal::Donor { .. } => {
-            let ctx =
-                Context { model: donation.model, donation_status: donation.status, requester: caller.requester() };
-            lifecycle::allowed_next(machine.lifecycle, &ctx)
-        }
+        Principal::Admin { .. } | Principal::Donor { .. } => allowed_next(&machine, donation, caller.requester()),
         _ => Vec::new(),
     };
     MachineDetail {
         machine: machine.into(),
-        donation_model: donation.model,
-        donation_status: donation.status,
+        donation_model: donation.map(|d| d.model),
+        donation_status: donation.map(|d| d.status),
         allowed_transitions,
         monitoring: None,
     }
@@ -615,7 +574,7 @@ pub async fn issue_enrollment_token(
             }
             let issued = issue_enrollment(conn, &machine, created_by, Utc::now() + lifetime).await?;
             let entry = Change::new("machine.enrollment_token_issued", "machine", machine.id)
-                .donor(Some(machine.donor_id))
+                .donor(machine.donor_id)
                 .after(&serde_json::json!({ "expires_at": issued.expires_at }));
             audit::record(conn, &actor, &[entry]).await?;
             Ok(issued)
@@ -663,7 +622,7 @@ pub async fn request_ssh_probe(
             return Err(ApiError::conflict("no-ssh-endpoint", "the machine has no SSH endpoint to probe"));
         }
         if db::machine_status::request_probe(conn, machine.id).await? {
-            let entry = Change::new("machine.ssh_probe_requested", "machine", machine.id).donor(Some(machine.donor_id));
+            let entry = Change::new("machine.ssh_probe_requested", "machine", machine.id).donor(machine.donor_id);
             audit::record(conn, &actor, &[entry]).await?;
         }
         Ok(())
@@ -719,7 +678,7 @@ pub async fn lift_quarantine(
             }
             let (before, after) = (MachineView::from(machine), MachineView::from(lifted));
             let entry = Change::new("machine.quarantine_lifted", "machine", after.id)
-                .donor(Some(after.donor_id))
+                .donor(after.donor_id)
                 .note(Some(&note))
                 .before(&before)
                 .after(&after);

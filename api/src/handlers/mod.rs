@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod audit;
 pub mod auth;
+pub mod clouds;
 pub mod donations;
 pub mod donors;
 pub mod jobs;

@@ -123,7 +123,7 @@ fn visibility(scope: DonorScope) -> Visibility {
 }
 
 fn visible(site: &Site, scope: DonorScope) -> bool {
-    site.kind != SiteKind::DonorSite || site.donor_id.is_some_and(|donor| scope.covers(donor))
+    site.kind != SiteKind::DonorSite || site.donor_id.is_some_and(|donor| scope.covers(Some(donor)))
 }
 
 #[utoipa::path(

@@ -7,6 +7,7 @@
 //! a period has passed and while the previous run's lease holds. Webhook delivery is not
 //! exclusive: its work items are claimed one by one (`SKIP LOCKED`), so replicas share it.
 
+pub mod cloud_reconcile;
 pub mod enrollment_expiry;
 pub mod liveness;
 pub mod outbox_retention;
@@ -40,16 +41,19 @@ pub enum Schedule {
     WebhookDelivery,
     /// Prunes finished webhook deliveries and old events.
     OutboxRetention,
+    /// Makes the clouds and the database agree: orphans terminated, lost instances noticed.
+    CloudReconcile,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 6] = [
+    pub const ALL: [Schedule; 7] = [
         Schedule::LivenessSweep,
         Schedule::SshChecks,
         Schedule::Reminders,
         Schedule::EnrollmentExpiry,
         Schedule::WebhookDelivery,
         Schedule::OutboxRetention,
+        Schedule::CloudReconcile,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Schedule {
             Schedule::EnrollmentExpiry => "enrollment-expiry",
             Schedule::WebhookDelivery => "webhook-delivery",
             Schedule::OutboxRetention => "outbox-retention",
+            Schedule::CloudReconcile => "cloud-reconcile",
         }
     }
 
@@ -75,6 +80,7 @@ impl Schedule {
             Schedule::EnrollmentExpiry => &schedules.enrollment_expiry,
             Schedule::WebhookDelivery => &schedules.webhook_delivery,
             Schedule::OutboxRetention => &schedules.outbox_retention,
+            Schedule::CloudReconcile => &schedules.cloud_reconcile,
         }
     }
 
@@ -99,6 +105,7 @@ impl Schedule {
             Schedule::EnrollmentExpiry => serde_json::to_value(enrollment_expiry::clear(state).await?)?,
             Schedule::WebhookDelivery => serde_json::to_value(webhooks::deliver_due(state).await?)?,
             Schedule::OutboxRetention => serde_json::to_value(outbox_retention::prune(state).await?)?,
+            Schedule::CloudReconcile => serde_json::to_value(cloud_reconcile::reconcile(state).await?)?,
         })
     }
 }

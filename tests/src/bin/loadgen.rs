@@ -256,8 +256,8 @@ async fn setup(database_url: &str, secret: &str, identities: usize, out: &PathBu
             .iter()
             .map(|_| db::machines::NewMachine {
                 id: MachineId::generate(),
-                donation_id,
-                donor_id,
+                donation_id: Some(donation_id),
+                donor_id: Some(donor_id),
                 site_id,
                 hostname: None,
                 asset_tag: None,

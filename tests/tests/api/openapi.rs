@@ -22,7 +22,7 @@ fn the_committed_openapi_document_matches_the_code() {
 #[test]
 fn every_operation_is_documented_and_secured() {
     let doc: serde_json::Value = serde_json::from_str(&fleetyard::routes::openapi_json()).unwrap();
-    let public = ["/healthz", "/readyz", "/api/v1/auth/login", "/api/v1/agent/enroll"];
+    let public = ["/healthz", "/readyz", "/api/v1/auth/login", "/api/v1/agent/enroll", "/api/v1/agent/binaries/{arch}"];
     assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }]));
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -11,9 +11,14 @@
 //! 3. answer retries (same holder, same `Idempotency-Key`) with the lease they made;
 //! 4. write the new requests into the queue;
 //! 5. read the queue, the free machines and what is held where, and let
-//!    [`placement::plan`] decide;
-//! 6. refuse (and delete) new requests no machine in the inventory could ever take;
-//! 7. grant what was planned, in one statement, and mark the jobs of granted attempts running.
+//!    [`placement::plan`] decide; leases whose cloud instance is ready take it;
+//! 6. refuse new requests that no machine in the inventory, and no cloud offer, could ever
+//!    take;
+//! 7. burst ([`burst`]): leases the labs cannot place within their tolerance get a cloud
+//!    instance *intent* (a `requested` row, never a cloud call), the cheapest offer that fits
+//!    within the caps and the tenant's budget; the cloud worker launches them after the
+//!    round commits. Why a lease is not on a cloud is written on it;
+//! 8. grant what was planned, in one statement, and mark the jobs of granted attempts running.
 //!
 //! Between rounds the task keeps what it read ([`Snapshot`]: free machines, holdings, the
 //! inventory) for as long as the database's placement epoch is where this replica left it.
@@ -32,6 +37,8 @@ use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+mod burst;
+
 use crate::config::Config;
 use crate::db;
 use crate::db::leases::{Connection, Grant, Lease, NewLease};
@@ -39,6 +46,7 @@ use crate::domain::placement::{self, Candidate, Holdings};
 use crate::domain::queue::Waiting;
 use crate::domain::{LeaseId, MachineId};
 use crate::error::ApiError;
+use crate::provisioner::CloudBell;
 
 /// The most requests one round takes in; the rest wait for the next.
 const MAX_BATCH: usize = 2_000;
@@ -54,6 +62,9 @@ pub enum Answer {
     Accepted(Lease, Option<Connection>),
     /// A retry of a request already written: the lease it made, as it stands.
     Replayed(Lease),
+    /// Nothing could ever take it (`unsatisfiable`), or only a cloud could and the tenant's
+    /// budget does not allow it (`cloud-budget-exhausted`); nothing was written.
+    Refused { code: &'static str, reason: String },
 }
 
 struct Request {
@@ -69,12 +80,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the scheduler task (needs a tokio runtime).
-    pub fn start(pool: db::Pool, config: Arc<Config>) -> Self {
+    /// Starts the scheduler task (needs a tokio runtime). `cloud_bell` wakes the cloud worker
+    /// after a round that wrote cloud intents.
+    pub fn start(pool: db::Pool, config: Arc<Config>, cloud_bell: Arc<CloudBell>) -> Self {
         let (intake, requests) = mpsc::channel(MAX_WAITING);
         let wake = Arc::new(Notify::new());
         let (rounds_tx, rounds) = watch::channel(0);
-        tokio::spawn(run(pool, config, requests, wake.clone(), rounds_tx));
+        tokio::spawn(run(pool, config, requests, wake.clone(), rounds_tx, cloud_bell));
         Scheduler { intake, wake, rounds }
     }
 
@@ -107,6 +119,7 @@ async fn run(
     mut requests: mpsc::Receiver<Request>,
     wake: Arc<Notify>,
     rounds: watch::Sender<u64>,
+    cloud_bell: Arc<CloudBell>,
 ) {
     let tick = Duration::from_millis(config.scheduler_tick_millis);
     let mut snapshot = None;
@@ -133,6 +146,9 @@ async fn run(
         };
         match answers {
             Ok(report) => {
+                if report.cloud_intents > 0 {
+                    cloud_bell.ring();
+                }
                 for (reply, answer) in replies.into_iter().zip(report.answers) {
                     let _ = reply.send(answer);
                 }
@@ -158,6 +174,8 @@ pub struct Report {
     /// Granted leases whose machine left the pool, went silent or was quarantined.
     pub lost: usize,
     pub overdue: usize,
+    /// Cloud instances this round asked the cloud worker to launch.
+    pub cloud_intents: usize,
 }
 
 /// Where each request of a round stands while the round runs.
@@ -199,63 +217,12 @@ pub async fn round_with(
     new: Vec<NewLease>,
     snapshot: &mut Option<Snapshot>,
 ) -> Result<Report, ApiError> {
-    let weights = config.tenant_weights.clone();
     let cached = snapshot.take();
     let (report, kept) = conn
         .transaction::<_, ApiError, _>(async move |conn| {
             db::leases::lock_placement(conn).await?;
-            let expired = db::leases::reclaim_expired(conn).await?;
-            let ended: Vec<MachineId> = expired.iter().filter_map(|l| l.machine_id).collect();
-            db::leases::announce_work(conn, &ended).await?;
-
-            // What placement reads: as last time if nothing changed since, else afresh.
-            let epoch = db::leases::placement_epoch(conn).await?;
-            let (mut snap, lost) = match cached {
-                Some(snap) if snap.epoch == epoch => (snap, Vec::new()),
-                _ => {
-                    let lost = db::leases::fail_lost(conn).await?;
-                    let ended: Vec<MachineId> = lost.iter().filter_map(|l| l.machine_id).collect();
-                    db::leases::announce_work(conn, &ended).await?;
-                    (read_snapshot(conn).await?, lost)
-                }
-            };
-            // Jobs whose attempt ended with its lease go back to the queue (or fail).
-            let ended_attempts: Vec<Lease> =
-                expired.iter().chain(&lost).filter(|l| l.job_id.is_some()).cloned().collect();
-            db::jobs::follow_leases(conn, &[], &ended_attempts, &[]).await?;
-            let (expired, lost) = (expired.len(), lost.len());
-            let overdue = db::leases::fail_overdue(conn).await?;
-            db::jobs::follow_leases(conn, &[], &[], &overdue).await?;
-            let overdue = overdue.len();
-
-            // Retries: a key its holder already used answers with that lease.
-            let known = known_keys(conn, &new).await?;
-            let mut slots = Vec::with_capacity(new.len());
-            let mut fresh: Vec<NewLease> = Vec::new();
-            let mut first_with_key: HashMap<(uuid::Uuid, String), usize> = HashMap::new();
-            for lease in new {
-                let key = lease.idempotency_key.clone().map(|k| (lease.holder_id, k));
-                match key {
-                    Some(key) if known.contains_key(&key) => {
-                        slots.push(Slot::Answered(Box::new(replay(known[&key].clone(), &lease))))
-                    }
-                    Some(key) if first_with_key.contains_key(&key) => {
-                        let first = first_with_key[&key];
-                        slots.push(if fresh[first].request_hash == lease.request_hash {
-                            Slot::Repeat(first)
-                        } else {
-                            Slot::Answered(Box::new(Err(key_reused())))
-                        });
-                    }
-                    key => {
-                        if let Some(key) = key {
-                            first_with_key.insert(key, fresh.len());
-                        }
-                        slots.push(Slot::Fresh(fresh.len()));
-                        fresh.push(lease);
-                    }
-                }
-            }
+            let (mut snap, ended) = reclaim(conn, cached).await?;
+            let (slots, fresh) = sort_out_retries(conn, new).await?;
             let inserted = db::leases::insert_queued(conn, &fresh).await?;
             if inserted.len() != fresh.len() {
                 // Another replica wrote the same key between the look-up and the insert: its
@@ -266,9 +233,14 @@ pub async fn round_with(
                 ));
             }
 
-            // Place.
+            // Place: leases whose cloud instance is ready take it; the plan gives out the rest.
             let queue = db::leases::queued(conn, MAX_QUEUE).await?;
-            let waiting = queue.iter().map(|l| (waiting_of(l), l.demand())).collect();
+            let clouds = !config.clouds.accounts.is_empty();
+            let bound = if clouds { db::clouds::bound_ready(conn).await? } else { Vec::new() };
+            let bound_leases: HashSet<LeaseId> = bound.iter().map(|b| b.lease).collect();
+            let waiting =
+                queue.iter().filter(|l| !bound_leases.contains(&l.id)).map(|l| (waiting_of(l), l.demand())).collect();
+            let weights = &config.tenant_weights;
             let planned = placement::plan(
                 waiting,
                 &snap.free,
@@ -276,26 +248,18 @@ pub async fn round_with(
                 |t| weights.get(t).copied().unwrap_or(1.0),
                 Utc::now(),
             );
-            let planned_ids: HashSet<LeaseId> = planned.iter().map(|(id, _)| *id).collect();
+            let placed: HashSet<LeaseId> =
+                planned.iter().map(|(id, _)| *id).chain(bound_leases.iter().copied()).collect();
 
-            // New requests left waiting: refused if no machine in the inventory could ever take them.
-            let mut refused: HashMap<LeaseId, String> = HashMap::new();
-            let unplaced: Vec<&NewLease> = fresh.iter().filter(|l| !planned_ids.contains(&l.id)).collect();
-            if !unplaced.is_empty() {
-                if snap.inventory.is_none() {
-                    snap.inventory = Some(db::leases::inventory(conn).await?);
-                }
-                let inventory = snap.inventory.as_deref().unwrap_or_default();
-                for lease in unplaced {
-                    if let Some(reason) = placement::unsatisfiable(inventory, &lease.demand()) {
-                        refused.insert(lease.id, reason);
-                    }
-                }
-                let ids: Vec<LeaseId> = refused.keys().copied().collect();
-                db::leases::delete(conn, &ids).await?;
-            }
+            // Refuse what nothing could ever take; send to a cloud what the labs cannot place
+            // soon enough.
+            let mut refused = judge(conn, config, &mut snap, &fresh, &placed).await?;
+            let burst = burst::run(conn, config, &queue, &placed, &fresh, &mut refused).await?;
+            let ids: Vec<LeaseId> = refused.keys().copied().collect();
+            db::leases::delete(conn, &ids).await?;
 
-            let grants: Vec<Grant> = planned
+            // Grant.
+            let mut grants: Vec<Grant> = planned
                 .iter()
                 .map(|(lease, i)| Grant {
                     lease: *lease,
@@ -304,8 +268,18 @@ pub async fn round_with(
                     donor: snap.free[*i].donor_id,
                 })
                 .collect();
+            grants.extend(bound.iter().map(|b| Grant {
+                lease: b.lease,
+                machine: b.machine,
+                donation: None,
+                donor: None,
+            }));
             let granted = db::leases::grant(conn, &grants).await?;
             let granted_count = granted.len();
+            if clouds {
+                let ids: Vec<LeaseId> = granted.iter().map(|l| l.id).collect();
+                db::clouds::note_grants(conn, &ids).await?;
+            }
             let busy: Vec<MachineId> = granted.iter().filter_map(|l| l.machine_id).collect();
             db::leases::announce_work(conn, &busy).await?;
             if !granted.is_empty() {
@@ -318,52 +292,201 @@ pub async fn round_with(
             let gave_up = db::leases::fail_overdue(conn).await?;
             db::jobs::follow_leases(conn, &granted, &[], &gave_up).await?;
 
-            // The snapshot, as this round leaves the machines.
-            let mut connection_of: HashMap<LeaseId, Option<Connection>> = HashMap::with_capacity(planned.len());
-            let mut taken: Vec<(usize, LeaseId)> = planned.iter().map(|(lease, i)| (*i, *lease)).collect();
-            taken.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
-            let tenant_of: HashMap<LeaseId, &str> = queue.iter().map(|l| (l.id, l.tenant.as_str())).collect();
-            for (i, lease) in taken {
-                let machine = snap.free.swap_remove(i);
-                connection_of.insert(lease, snap.connections.swap_remove(i));
-                *snap.holdings.by_donation.entry(machine.donation_id).or_default() += 1;
-                *snap.holdings.by_donor.entry(machine.donor_id).or_default() += 1;
-                *snap.holdings.by_tenant.entry(tenant_of[&lease].to_owned()).or_default() += 1;
-            }
-
-            // The new requests as they now stand.
-            let mut now_standing: HashMap<LeaseId, Lease> =
-                granted.into_iter().chain(gave_up).map(|l| (l.id, l)).collect();
-            for lease in &queue {
-                now_standing.entry(lease.id).or_insert_with(|| lease.clone());
-            }
-            let mut written: Vec<Result<Lease, ApiError>> = Vec::with_capacity(fresh.len());
-            for lease in &fresh {
-                written.push(if let Some(reason) = refused.remove(&lease.id) {
-                    Err(ApiError::unprocessable("unsatisfiable", reason))
-                } else if let Some(standing) = now_standing.remove(&lease.id) {
-                    Ok(standing)
-                } else {
-                    // Beyond the part of the queue this round read: as written.
-                    db::leases::find(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))
-                });
-            }
-            let answers = slots
-                .into_iter()
-                .map(|slot| match slot {
-                    Slot::Answered(answer) => *answer,
-                    Slot::Fresh(i) => shared(&written[i]).map(|lease| {
-                        let connection = connection_of.get(&lease.id).cloned().flatten();
-                        Answer::Accepted(lease, connection)
-                    }),
-                    Slot::Repeat(i) => shared(&written[i]).map(Answer::Replayed),
-                })
-                .collect();
-            Ok((Report { answers, granted: granted_count, expired, lost, overdue }, snap))
+            let connection_of = take_from_snapshot(&mut snap, &planned, &queue);
+            let answers = answer(conn, slots, &fresh, refused, granted, gave_up, &queue, &connection_of).await?;
+            let report = Report {
+                answers,
+                granted: granted_count,
+                expired: ended.expired,
+                lost: ended.lost,
+                overdue: ended.overdue,
+                cloud_intents: burst.intents,
+            };
+            Ok((report, snap))
         })
         .await?;
     *snapshot = Some(kept);
     Ok(report)
+}
+
+/// What ended since the last round.
+struct Ended {
+    expired: usize,
+    lost: usize,
+    overdue: usize,
+}
+
+/// Phase 2: ends expired leases, those whose machine left the pool (when the epoch moved) and
+/// those that waited too long; moves their jobs along. Returns what placement reads: the
+/// cached snapshot if still current, else a fresh one.
+async fn reclaim(conn: &mut AsyncPgConnection, cached: Option<Snapshot>) -> Result<(Snapshot, Ended), ApiError> {
+    let expired = db::leases::reclaim_expired(conn).await?;
+    let ended: Vec<MachineId> = expired.iter().filter_map(|l| l.machine_id).collect();
+    db::leases::announce_work(conn, &ended).await?;
+
+    // What placement reads: as last time if nothing changed since, else afresh.
+    let epoch = db::leases::placement_epoch(conn).await?;
+    let (snap, lost) = match cached {
+        Some(snap) if snap.epoch == epoch => (snap, Vec::new()),
+        _ => {
+            let lost = db::leases::fail_lost(conn).await?;
+            let ended: Vec<MachineId> = lost.iter().filter_map(|l| l.machine_id).collect();
+            db::leases::announce_work(conn, &ended).await?;
+            (read_snapshot(conn).await?, lost)
+        }
+    };
+    // Jobs whose attempt ended with its lease go back to the queue (or fail).
+    let ended_attempts: Vec<Lease> = expired.iter().chain(&lost).filter(|l| l.job_id.is_some()).cloned().collect();
+    db::jobs::follow_leases(conn, &[], &ended_attempts, &[]).await?;
+    let overdue = db::leases::fail_overdue(conn).await?;
+    db::jobs::follow_leases(conn, &[], &[], &overdue).await?;
+    Ok((snap, Ended { expired: expired.len(), lost: lost.len(), overdue: overdue.len() }))
+}
+
+/// Phase 3: a key its holder already used answers with that lease; the rest are new.
+async fn sort_out_retries(
+    conn: &mut AsyncPgConnection,
+    new: Vec<NewLease>,
+) -> Result<(Vec<Slot>, Vec<NewLease>), ApiError> {
+    let known = known_keys(conn, &new).await?;
+    let mut slots = Vec::with_capacity(new.len());
+    let mut fresh: Vec<NewLease> = Vec::new();
+    let mut first_with_key: HashMap<(uuid::Uuid, String), usize> = HashMap::new();
+    for lease in new {
+        let key = lease.idempotency_key.clone().map(|k| (lease.holder_id, k));
+        match key {
+            Some(key) if known.contains_key(&key) => {
+                slots.push(Slot::Answered(Box::new(replay(known[&key].clone(), &lease))))
+            }
+            Some(key) if first_with_key.contains_key(&key) => {
+                let first = first_with_key[&key];
+                slots.push(if fresh[first].request_hash == lease.request_hash {
+                    Slot::Repeat(first)
+                } else {
+                    Slot::Answered(Box::new(Err(key_reused())))
+                });
+            }
+            key => {
+                if let Some(key) = key {
+                    first_with_key.insert(key, fresh.len());
+                }
+                slots.push(Slot::Fresh(fresh.len()));
+                fresh.push(lease);
+            }
+        }
+    }
+    Ok((slots, fresh))
+}
+
+/// Phase 6: new requests left unplaced that nothing could ever take, with the reason: no
+/// machine in the inventory (for requests that may use the labs) and no cloud offer (for
+/// requests that may use a cloud).
+async fn judge(
+    conn: &mut AsyncPgConnection,
+    config: &Config,
+    snap: &mut Snapshot,
+    fresh: &[NewLease],
+    placed: &HashSet<LeaseId>,
+) -> Result<HashMap<LeaseId, Refusal>, ApiError> {
+    let mut refused = HashMap::new();
+    let unplaced: Vec<&NewLease> = fresh.iter().filter(|l| !placed.contains(&l.id)).collect();
+    if unplaced.is_empty() {
+        return Ok(refused);
+    }
+    if snap.inventory.is_none() {
+        snap.inventory = Some(db::leases::inventory(conn).await?);
+    }
+    let inventory = snap.inventory.as_deref().unwrap_or_default();
+    for lease in unplaced {
+        let demand = lease.demand();
+        if let Some(reason) = burst::never(config, inventory, &demand) {
+            refused.insert(lease.id, Refusal { code: "unsatisfiable", reason });
+        }
+    }
+    Ok(refused)
+}
+
+/// Why a new request is refused.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+/// Takes the machines this round granted out of the snapshot, as the round leaves them, and
+/// returns how to reach each lease's machine.
+fn take_from_snapshot(
+    snap: &mut Snapshot,
+    planned: &[(LeaseId, usize)],
+    queue: &[Lease],
+) -> HashMap<LeaseId, Option<Connection>> {
+    let mut connection_of: HashMap<LeaseId, Option<Connection>> = HashMap::with_capacity(planned.len());
+    let mut taken: Vec<(usize, LeaseId)> = planned.iter().map(|(lease, i)| (*i, *lease)).collect();
+    taken.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
+    let tenant_of: HashMap<LeaseId, &str> = queue.iter().map(|l| (l.id, l.tenant.as_str())).collect();
+    for (i, lease) in taken {
+        let machine = snap.free.swap_remove(i);
+        connection_of.insert(lease, snap.connections.swap_remove(i));
+        snap.holdings.add(&machine, tenant_of[&lease]);
+    }
+    connection_of
+}
+
+/// The answer to each request of the round, in order.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    conn: &mut AsyncPgConnection,
+    slots: Vec<Slot>,
+    fresh: &[NewLease],
+    mut refused: HashMap<LeaseId, Refusal>,
+    granted: Vec<Lease>,
+    gave_up: Vec<Lease>,
+    queue: &[Lease],
+    connection_of: &HashMap<LeaseId, Option<Connection>>,
+) -> Result<Vec<Result<Answer, ApiError>>, ApiError> {
+    // The new requests as they now stand.
+    let mut now_standing: HashMap<LeaseId, Lease> = granted.into_iter().chain(gave_up).map(|l| (l.id, l)).collect();
+    for lease in queue {
+        now_standing.entry(lease.id).or_insert_with(|| lease.clone());
+    }
+    let mut written: Vec<Result<Written, ApiError>> = Vec::with_capacity(fresh.len());
+    for lease in fresh {
+        written.push(if let Some(refusal) = refused.remove(&lease.id) {
+            Ok(Written::Refused(refusal))
+        } else if let Some(standing) = now_standing.remove(&lease.id) {
+            Ok(Written::Lease(Box::new(standing)))
+        } else {
+            // Beyond the part of the queue this round read, or granted a cloud instance: read.
+            db::leases::find(conn, lease.id)
+                .await?
+                .map(|l| Written::Lease(Box::new(l)))
+                .ok_or_else(|| ApiError::not_found("lease"))
+        });
+    }
+    Ok(slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Answered(answer) => *answer,
+            Slot::Fresh(i) => shared(&written[i]).map(|w| match w {
+                Written::Lease(lease) => {
+                    let connection = connection_of.get(&lease.id).cloned().flatten();
+                    Answer::Accepted(*lease, connection)
+                }
+                Written::Refused(r) => Answer::Refused { code: r.code, reason: r.reason },
+            }),
+            Slot::Repeat(i) => shared(&written[i]).map(|w| match w {
+                Written::Lease(lease) => Answer::Replayed(*lease),
+                Written::Refused(r) => Answer::Refused { code: r.code, reason: r.reason },
+            }),
+        })
+        .collect())
+}
+
+/// A new request after the round: a lease, or refused.
+#[derive(Debug, Clone)]
+enum Written {
+    Lease(Box<Lease>),
+    Refused(Refusal),
 }
 
 /// Reads what placement needs afresh.
@@ -373,8 +496,12 @@ async fn read_snapshot(conn: &mut AsyncPgConnection) -> Result<Snapshot, ApiErro
     let (free, connections) = db::leases::free_machines(conn).await?;
     let mut holdings = Holdings::default();
     for h in db::leases::held(conn).await? {
-        *holdings.by_donation.entry(h.donation_id).or_default() += h.count;
-        *holdings.by_donor.entry(h.donor_id).or_default() += h.count;
+        if let Some(donation) = h.donation_id {
+            *holdings.by_donation.entry(donation).or_default() += h.count;
+        }
+        if let Some(donor) = h.donor_id {
+            *holdings.by_donor.entry(donor).or_default() += h.count;
+        }
         *holdings.by_tenant.entry(h.tenant).or_default() += h.count;
     }
     Ok(Snapshot { epoch, free, connections, holdings, inventory: None })
@@ -406,9 +533,9 @@ fn replay(existing: Lease, retry: &NewLease) -> Result<Answer, ApiError> {
     if existing.request_hash == retry.request_hash { Ok(Answer::Replayed(existing)) } else { Err(key_reused()) }
 }
 
-fn shared(written: &Result<Lease, ApiError>) -> Result<Lease, ApiError> {
+fn shared(written: &Result<Written, ApiError>) -> Result<Written, ApiError> {
     match written {
-        Ok(lease) => Ok(lease.clone()),
+        Ok(w) => Ok(w.clone()),
         Err(e) => Err(e.to_shared()),
     }
 }

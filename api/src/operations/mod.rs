@@ -1,0 +1,5 @@
+//! Operations that more than one caller performs (handlers, schedules, the cloud worker, and
+//! later the web pages), between them and `db`: each runs inside the caller's transaction and
+//! returns values, which handlers turn into HTTP. Rules they apply live in `domain`.
+
+pub mod machines;

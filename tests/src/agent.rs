@@ -24,6 +24,32 @@ impl AgentProcess {
         agent
     }
 
+    /// Boots a cloud instance's agent as its cloud-init would: writes the bootstrap file,
+    /// enrolls with the launch's secret and `instance_id`, and starts it. `None` (after saying
+    /// why) when enrolling failed.
+    pub async fn boot_cloud_instance(bootstrap: &serde_json::Value, instance_id: &str) -> Option<AgentProcess> {
+        let state_dir = tempfile::tempdir().expect("a temporary directory");
+        let file = state_dir.path().join("bootstrap.json");
+        std::fs::write(&file, bootstrap.to_string()).expect("writing the bootstrap file");
+        let server = bootstrap["server"].as_str().expect("the bootstrap names its server").to_owned();
+        let mut agent = AgentProcess { state_dir, server, lease_user: None, child: None };
+        let output = agent
+            .command()
+            .arg("enroll")
+            .arg("--bootstrap")
+            .arg(&file)
+            .args(["--instance-id", instance_id])
+            .output()
+            .await
+            .expect("running fleetyard-agent");
+        if !output.status.success() {
+            eprintln!("booting {instance_id}: enroll failed: {}", String::from_utf8_lossy(&output.stderr));
+            return None;
+        }
+        agent.start();
+        Some(agent)
+    }
+
     /// Enrolls again with `token` into the same state directory, as someone re-enrolling a
     /// machine whose agent keeps running would.
     pub async fn re_enroll(&self, token: &str) {

@@ -84,6 +84,18 @@ impl TestApp {
         Self::serve(db, config)
     }
 
+    /// Like [`spawn_with`](Self::spawn_with), but `adjust` also gets the URL the server will
+    /// answer at (before it starts): for settings that name the server itself, such as the URL
+    /// agents on cloud instances reach it at.
+    pub async fn spawn_at(adjust: impl FnOnce(&mut Config, &str)) -> TestApp {
+        let db = Arc::new(TestDb::create().await);
+        let mut config = test_config(&db.url);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("the bound address"));
+        adjust(&mut config, &url);
+        Self::serve_on(db, config, listener)
+    }
+
     /// Another server (replica) on the same database, configured like this one.
     pub fn replica(&self) -> TestApp {
         Self::serve(self.db.clone(), (*self.state.config).clone())
@@ -105,8 +117,9 @@ impl TestApp {
         Self::serve_on(db, config, listener)
     }
 
-    fn serve_on(db: Arc<TestDb>, config: Config, listener: TcpListener) -> TestApp {
+    fn serve_on(db: Arc<TestDb>, mut config: Config, listener: TcpListener) -> TestApp {
         fleetyard::telemetry::init(config.log_format, &config.log_filter);
+        config.clouds.resolve().expect("the clouds' configuration");
         let pool = db::pool(&config.database_url, config.db_pool_size).expect("pool");
         let clouds = fleetyard::cloud::Clouds::from_config(&config.clouds).expect("the clouds' configuration");
         let state = AppState::new(pool, config, clouds);

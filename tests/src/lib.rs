@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod app;
 pub mod bench;
+pub mod clouds;
 pub mod db;
 pub mod fixtures;
 pub mod server;

@@ -20,9 +20,10 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::state::AppState;
 
-/// An amount in the configuration's currency.
-fn amount(micros: i64) -> f64 {
-    (micros as f64 / 10_000.0).round() / 100.0
+/// An amount in the configuration's currency, to the millionth (a minute of a small
+/// instance costs less than a cent).
+pub fn amount(micros: i64) -> f64 {
+    micros as f64 / 1_000_000.0
 }
 
 fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {

@@ -427,7 +427,7 @@ async fn view_on(conn: &mut AsyncPgConnection, lease: Lease) -> Result<LeaseView
         region: i.region,
         flavour: i.flavour,
         market: i.market,
-        hourly_price: i.hourly_micros as f64 / 1_000_000.0,
+        hourly_price: super::clouds::amount(i.hourly_micros),
     });
     let mut view = LeaseView::new(lease, connection, queue);
     view.cloud = cloud;

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod authorization_matrix;
 mod cli;
+mod clouds;
 mod donations;
 mod jobs;
 mod leases;

@@ -30,10 +30,14 @@ pub const ACCESS_KEY: &str = "FLEETYARDTESTACCESSKEY";
 pub const SECRET_KEY: &str = "fleetyard-test-secret-key-0123456789abcdef";
 
 fn python_bin() -> PathBuf {
-    let dir = std::env::var("FLEETYARD_TEST_PYTHON_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/venv/bin")
-    });
-    assert!(dir.join("python").exists(), "no Python venv at {}; run deploy/need-python.sh (deploy/test does)", dir.display());
+    let dir = std::env::var("FLEETYARD_TEST_PYTHON_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/venv/bin"));
+    assert!(
+        dir.join("python").exists(),
+        "no Python venv at {}; run deploy/need-python.sh (deploy/test does)",
+        dir.display()
+    );
     dir
 }
 
@@ -70,8 +74,12 @@ impl Emulator {
             .kill_on_drop(true)
             .spawn()
             .expect("starting moto_server");
-        let emulator =
-            Emulator { kind: Kind::Moto, url: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), _child: child };
+        let emulator = Emulator {
+            kind: Kind::Moto,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            _child: child,
+        };
         for _ in 0..300 {
             if emulator.http.get(format!("{}/moto-api/", emulator.url)).send().await.is_ok() {
                 return emulator;
@@ -144,7 +152,9 @@ impl Emulator {
 
     /// Servers that existed before Fleetyard: `{"name", "flavor", "image", "tags"}` each.
     pub async fn add_servers(&self, region: &str, servers: Value) -> Vec<Value> {
-        let made = self.control(reqwest::Method::POST, "/_fake/servers", Some(json!({ "region": region, "servers": servers }))).await;
+        let made = self
+            .control(reqwest::Method::POST, "/_fake/servers", Some(json!({ "region": region, "servers": servers })))
+            .await;
         made.as_array().cloned().or_else(|| made["servers"].as_array().cloned()).unwrap_or_default()
     }
 
@@ -199,7 +209,9 @@ impl Emulator {
                     user_data: s["user_data"].as_str().map(str::to_owned),
                     tags: s["tags"]
                         .as_object()
-                        .map(|t| t.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+                        .map(|t| {
+                            t.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
+                        })
                         .unwrap_or_default(),
                 })
                 .collect(),
@@ -243,7 +255,10 @@ pub fn bootstrap_of(user_data: &str) -> Option<Value> {
         return None;
     }
     let doc: Value = serde_json::from_str(rest).ok()?;
-    let file = doc["write_files"].as_array()?.iter().find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("bootstrap.json")))?;
+    let file = doc["write_files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("bootstrap.json")))?;
     serde_json::from_str(file["content"].as_str()?).ok()
 }
 

@@ -1,5 +1,8 @@
-//! AWS EC2 through `aws-sdk-ec2`. One `RunInstances` call per launch (`MinCount` 1,
-//! `MaxCount` the batch), with the launch's `ClientToken` and the platform's tags in the call,
+//! AWS EC2 through `aws-sdk-ec2`. One `RunInstances` call per launch, `MinCount` and
+//! `MaxCount` both the batch: all or nothing, so that a batch EC2 can only half start fails
+//! over whole to the next offer instead of leaving half its leases to wait out a capacity
+//! backoff (moto, the emulator the tests use, starts `MinCount` instances, which makes the
+//! same choice testable). The launch's `ClientToken` and the platform's tags go in the call,
 //! so an instance never exists untagged. The SDK's own retries are off: the cloud worker
 //! retries with the same token, the reconcile resolves what is left unknown.
 
@@ -173,7 +176,7 @@ impl Provider for Aws {
             .run_instances()
             .image_id(&spec.image)
             .instance_type(InstanceType::from(spec.flavour.as_str()))
-            .min_count(1)
+            .min_count(count)
             .max_count(count)
             .client_token(&spec.client_token)
             .user_data(STANDARD.encode(&spec.user_data))

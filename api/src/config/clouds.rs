@@ -40,6 +40,10 @@ pub struct CloudsConfig {
     pub quota_backoff_secs: u64,
     /// ...and a region after throttling.
     pub throttle_backoff_secs: u64,
+    /// The reconcile's patience, because clouds list new instances, and forget deleted ones,
+    /// a little late: an untracked instance younger than this is no orphan yet, and a row's
+    /// instance must be missing from two listings this far apart to count as lost.
+    pub reconcile_grace_secs: u64,
     /// The tolerance of a `placement: any` request that names none: how long it may wait for
     /// the labs before a cloud instance is launched for it.
     pub default_max_lab_wait_minutes: i64,
@@ -64,6 +68,7 @@ impl Default for CloudsConfig {
             capacity_backoff_secs: 180,
             quota_backoff_secs: 1800,
             throttle_backoff_secs: 30,
+            reconcile_grace_secs: 60,
             default_max_lab_wait_minutes: 10,
             currency: "USD".into(),
             tenant_budgets: BTreeMap::new(),

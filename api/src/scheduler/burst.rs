@@ -22,6 +22,8 @@ use crate::provisioner::new_instance;
 pub(super) struct Burst {
     /// Instances asked of the cloud worker.
     pub intents: usize,
+    /// The notes it wrote on leases, as they now stand.
+    pub notes: HashMap<LeaseId, Option<String>>,
 }
 
 /// Why nothing could ever take a request, or `None` if something could: a machine in the
@@ -75,7 +77,7 @@ pub(super) async fn run(
         .filter(|l| l.placement != Placement::Lab && !placed.contains(&l.id) && !refused.contains_key(&l.id))
         .collect();
     if clouds.accounts.is_empty() || waiting.is_empty() {
-        return Ok(Burst { intents: 0 });
+        return Ok(Burst { intents: 0, notes: HashMap::new() });
     }
     let open = db::clouds::open_instances(conn).await?;
     let in_flight: HashSet<LeaseId> = open
@@ -90,7 +92,7 @@ pub(super) async fn run(
         .collect();
     let waiting: Vec<&Lease> = waiting.into_iter().filter(|l| !in_flight.contains(&l.id)).collect();
     if waiting.is_empty() {
-        return Ok(Burst { intents: 0 });
+        return Ok(Burst { intents: 0, notes: HashMap::new() });
     }
 
     let now = Utc::now();
@@ -179,7 +181,7 @@ pub(super) async fn run(
     }
     db::clouds::insert_instances(conn, &intents).await?;
     db::leases::set_cloud_notes(conn, &notes).await?;
-    Ok(Burst { intents: intents.len() })
+    Ok(Burst { intents: intents.len(), notes: notes.into_iter().collect() })
 }
 
 /// What each waiting lease's tenant may still spend this month.

@@ -234,7 +234,7 @@ pub async fn round_with(
             }
 
             // Place: leases whose cloud instance is ready take it; the plan gives out the rest.
-            let queue = db::leases::queued(conn, MAX_QUEUE).await?;
+            let mut queue = db::leases::queued(conn, MAX_QUEUE).await?;
             let clouds = !config.clouds.accounts.is_empty();
             let bound = if clouds { db::clouds::bound_ready(conn).await? } else { Vec::new() };
             let bound_leases: HashSet<LeaseId> = bound.iter().map(|b| b.lease).collect();
@@ -255,6 +255,11 @@ pub async fn round_with(
             // soon enough.
             let mut refused = judge(conn, config, &mut snap, &fresh, &placed).await?;
             let burst = burst::run(conn, config, &queue, &placed, &fresh, &mut refused).await?;
+            for lease in queue.iter_mut() {
+                if let Some(note) = burst.notes.get(&lease.id) {
+                    lease.cloud_note.clone_from(note);
+                }
+            }
             let ids: Vec<LeaseId> = refused.keys().copied().collect();
             db::leases::delete(conn, &ids).await?;
 

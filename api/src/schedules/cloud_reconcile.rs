@@ -29,11 +29,6 @@ use crate::domain::cloud::{InstanceState, LaunchState};
 use crate::provisioner;
 use crate::state::AppState;
 
-/// How old an untracked instance must be before it counts as an orphan, and how long a row's
-/// instance must have been missing before it counts as lost: clouds list new instances (and
-/// forget deleted ones) a little late.
-const GRACE_SECS: i64 = 60;
-
 #[derive(Debug, Default, Serialize)]
 pub struct ReconcileReport {
     /// Account regions listed.
@@ -138,7 +133,7 @@ async fn settle_region(
     report: &mut ReconcileReport,
 ) -> anyhow::Result<Vec<String>> {
     let now = Utc::now();
-    let grace = Duration::seconds(GRACE_SECS);
+    let grace = Duration::seconds(state.config.clouds.reconcile_grace_secs as i64);
     let config = state.config.clone();
     let mut conn = state.pool.get().await.context("connecting to the database")?;
     let (orphans, adopted, lost, gone, revoked) = conn

@@ -155,7 +155,11 @@ async fn clouds(adjust: impl FnOnce(&mut Config)) -> Clouds {
                 "ctyun-test",
                 CloudProvider::Ctyun,
                 &keys,
-                vec![ctyun_region("cn-huadong1", &ctyun.url, vec![flavour("s7.xlarge.2", Arch::X86_64, 0.04, Market::OnDemand)])],
+                vec![ctyun_region(
+                    "cn-huadong1",
+                    &ctyun.url,
+                    vec![flavour("s7.xlarge.2", Arch::X86_64, 0.04, Market::OnDemand)],
+                )],
             ),
         ];
         config.schedules.enabled = false;
@@ -202,7 +206,9 @@ impl Clouds {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        panic!("waited {seconds} s for {what}");
+        let instances = self.instances("").await;
+        let clouds = self.clouds().await;
+        panic!("waited {seconds} s for {what}; instances: {instances:#?}; clouds: {clouds:#}");
     }
 
     async fn instances(&self, query: &str) -> Vec<Value> {
@@ -226,7 +232,8 @@ async fn a_burst_goes_to_the_cheapest_cloud_in_one_batched_call_and_becomes_usab
     // Five x86_64 runners at once; no lab machine exists, so all five go to a cloud.
     let asks = (0..5).map(|_| c.ask(runner("x86_64")));
     let answers = futures_util::future::join_all(asks).await;
-    let ids: Vec<String> = answers.iter().map(|a| a.clone().expect(202).body["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> =
+        answers.iter().map(|a| a.clone().expect(202).body["id"].as_str().unwrap().to_owned()).collect();
 
     c.until("every lease to be granted", 60, async |c| {
         let mut granted = 0;
@@ -256,14 +263,9 @@ async fn a_burst_goes_to_the_cheapest_cloud_in_one_batched_call_and_becomes_usab
     for id in &ids {
         c.app.post(&format!("/api/v1/leases/{id}/release"), &c.w.ci, json!({})).await.expect(200);
     }
-    c.until("every instance to be terminated", 30, async |c| {
-        c.ctyun.instances(&[]).await.iter().all(|i| !i.alive)
-    })
-    .await;
-    c.until("the rows to say so", 30, async |c| {
-        c.instances("").await.iter().all(|i| i["state"] == "terminated")
-    })
-    .await;
+    c.until("every instance to be terminated", 30, async |c| c.ctyun.instances(&[]).await.iter().all(|i| !i.alive))
+        .await;
+    c.until("the rows to say so", 30, async |c| c.instances("").await.iter().all(|i| i["state"] == "terminated")).await;
     let lease = c.lease(&ids[0]).await;
     assert!(lease["cloud"]["cost"].as_f64().unwrap() > 0.0, "each lease's cost is recorded: {lease}");
     let view = c.clouds().await;
@@ -272,4 +274,327 @@ async fn a_burst_goes_to_the_cheapest_cloud_in_one_batched_call_and_becomes_usab
     let launches = calls.as_array().unwrap().iter().find(|k| k["operation"] == "launch").unwrap();
     assert_eq!((launches["ok"].as_i64(), launches["throttled"].as_i64()), (Some(1), Some(0)), "{calls}");
     assert!(view["spend_by_tenant"]["sig-ci"].as_f64().unwrap() > 0.0, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_aws_a_burst_is_one_run_instances_call_and_release_terminates_in_moto() {
+    let c = clouds(|config| only(config, "aws-test")).await;
+    let asks = (0..3).map(|_| c.ask(runner("aarch64")));
+    let ids: Vec<String> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(|a| a.expect(202).body["id"].as_str().unwrap().to_owned())
+        .collect();
+    c.until("the leases to be granted", 60, async |c| {
+        let mut granted = 0;
+        for id in &ids {
+            granted += usize::from(c.lease(id).await["state"] == "granted");
+        }
+        granted == ids.len()
+    })
+    .await;
+    let moto = c.moto.instances(&["us-east-1"]).await;
+    assert_eq!(moto.iter().filter(|i| i.alive).count(), 3);
+    for instance in &moto {
+        assert_eq!(instance.tags["fleetyard-platform"], "fleetyard");
+        assert!(instance.tags.contains_key("fleetyard-launch"));
+        // Each instance of the batch was tagged with its row and lease after the launch.
+        assert!(instance.tags.contains_key("fleetyard-instance") && instance.tags.contains_key("fleetyard-lease"));
+    }
+    let launches: Vec<String> = moto.iter().map(|i| i.tags["fleetyard-launch"].clone()).collect();
+    assert!(launches.iter().all(|l| *l == launches[0]), "one RunInstances call for the three: {launches:?}");
+    let view = c.clouds().await;
+    let calls = &view["accounts"][0]["regions"][0]["calls"];
+    assert!(calls.as_array().unwrap().iter().any(|k| k["operation"] == "launch" && k["ok"] == 1), "{calls}");
+
+    for id in &ids {
+        c.app.post(&format!("/api/v1/leases/{id}/release"), &c.w.ci, json!({})).await.expect(200);
+    }
+    c.until("moto to terminate them", 30, async |c| c.moto.instances(&["us-east-1"]).await.iter().all(|i| !i.alive))
+        .await;
+    // The reconcile finds nothing to do.
+    let report = cloud_reconcile::reconcile(&c.app.state).await.unwrap();
+    assert_eq!((report.orphans_terminated, report.lost, report.errors.len()), (0, 0, 0), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_falls_back_to_on_demand_and_a_throttled_region_fails_over_to_the_next() {
+    let c = clouds(|config| only(config, "huawei-test")).await;
+    // No spot capacity anywhere, and cn-north-4 throttles everything.
+    c.huawei.fault(json!({ "op": "create", "kind": "capacity", "market": "spot", "times": -1 })).await;
+    let spot_gone = c.ask(runner("x86_64")).await.expect(202);
+    let id = spot_gone.body["id"].as_str().unwrap().to_owned();
+    c.until("the lease to be granted", 60, async |c| c.lease(&id).await["state"] == "granted").await;
+    let lease = c.lease(&id).await;
+    assert_eq!(
+        (lease["cloud"]["region"].as_str(), lease["cloud"]["market"].as_str()),
+        (Some("cn-north-4"), Some("on_demand"))
+    );
+
+    c.huawei.fault(json!({ "region": "project-cn-north-4", "op": "any", "kind": "throttle", "times": -1 })).await;
+    let throttled = c.ask(runner("x86_64")).await.expect(202);
+    let id = throttled.body["id"].as_str().unwrap().to_owned();
+    c.until("the second lease to be granted", 60, async |c| c.lease(&id).await["state"] == "granted").await;
+    assert_eq!(c.lease(&id).await["cloud"]["region"], "cn-east-3");
+    let view = c.clouds().await;
+    let north = &view["accounts"][0]["regions"][0];
+    assert!(
+        north["unavailable"].as_array().unwrap().iter().any(|u| u["reason"].as_str().unwrap().contains("throttled")),
+        "{north}"
+    );
+    assert!(north["calls"].as_array().unwrap().iter().any(|k| k["throttled"].as_i64() > Some(0)), "{north}");
+    // Every request the fake saw carried a signature the official SDK accepts.
+    assert!(c.huawei.requests().await.iter().all(|r| r["signature_ok"] != false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_batch_keeps_what_started_and_places_the_rest_elsewhere() {
+    let c = clouds(|config| only(config, "huawei-test")).await;
+    // Two of four on-demand servers in cn-north-4 start; spot is sold out.
+    c.huawei.fault(json!({ "op": "create", "kind": "capacity", "market": "spot", "times": -1 })).await;
+    c.huawei.fault(json!({ "region": "project-cn-north-4", "op": "create", "kind": "partial", "succeed": 2 })).await;
+    let asks = (0..4).map(|_| c.ask(runner("x86_64")));
+    let ids: Vec<String> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(|a| a.expect(202).body["id"].as_str().unwrap().to_owned())
+        .collect();
+    c.until("every lease to be granted", 90, async |c| {
+        let mut granted = 0;
+        for id in &ids {
+            granted += usize::from(c.lease(id).await["state"] == "granted");
+        }
+        granted == ids.len()
+    })
+    .await;
+    let mut regions = Vec::new();
+    for id in &ids {
+        regions.push(c.lease(id).await["cloud"]["region"].as_str().unwrap().to_owned());
+    }
+    regions.sort();
+    assert_eq!(regions, ["cn-east-3", "cn-east-3", "cn-north-4", "cn-north-4"]);
+    let failed = c.instances("&state=failed").await;
+    let short = failed.iter().filter(|i| i["end_reason"].as_str().unwrap().contains("fewer instances")).count();
+    assert_eq!(short, 2, "the two that never started: {failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_budget_refuses_a_cloud_only_request_and_says_why_a_queued_one_waits() {
+    let c =
+        clouds(|config| config.clouds.tenant_budgets.insert("sig-poor".into(), 0.001).map(drop).unwrap_or(())).await;
+    let before = c.app.row_counts().await;
+    let mut cloud_only = runner("x86_64");
+    cloud_only["tenant"] = json!("sig-poor");
+    cloud_only["placement"] = json!("cloud");
+    let refused = c.ask(cloud_only).await.expect(422);
+    assert_eq!(refused.code(), "cloud-budget-exhausted");
+    assert!(refused.body["message"].as_str().unwrap().contains("budget"), "{}", refused.text);
+    assert_eq!(c.app.row_counts().await, before, "a refusal writes nothing");
+
+    let mut any = runner("x86_64");
+    any["tenant"] = json!("sig-poor");
+    let queued = c.ask(any).await.expect(202);
+    let note = queued.body["queue"]["cloud_note"].as_str().unwrap_or_default().to_owned();
+    assert!(note.contains("budget") && note.contains("waiting for the labs"), "{}", queued.text);
+    // No budget configured at all for a tenant: no cloud, said so.
+    let mut unknown = runner("x86_64");
+    unknown["tenant"] = json!("sig-unknown");
+    let queued = c.ask(unknown).await.expect(202);
+    assert!(queued.body["queue"]["cloud_note"].as_str().unwrap().contains("has no cloud budget"), "{}", queued.text);
+    assert!(c.instances("").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_never_boots_is_terminated_and_its_lease_gets_another() {
+    let c = clouds(|config| {
+        only(config, "ctyun-test");
+        config.clouds.boot_timeout_secs = 3;
+    })
+    .await;
+    c.booter.pause(true);
+    let id = c.ask(runner("x86_64")).await.expect(202).body["id"].as_str().unwrap().to_owned();
+    c.until("the first instance to be given up", 30, async |c| c.instances("&state=terminated").await.len() == 1).await;
+    let first = c.instances("&state=terminated").await.remove(0);
+    assert!(first["end_reason"].as_str().unwrap().contains("boot timeout"), "{first}");
+    c.booter.pause(false);
+    c.until("the lease to be granted on a second instance", 60, async |c| c.lease(&id).await["state"] == "granted")
+        .await;
+    assert_ne!(c.lease(&id).await["cloud"]["instance_id"], first["id"]);
+    assert!(c.ctyun.instances(&[]).await.iter().filter(|i| i.alive).count() == 1, "the first is gone from the cloud");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riscv64_waits_for_the_labs_with_an_estimate_and_never_goes_to_a_cloud() {
+    let c = clouds(|_| {}).await;
+    let machines = vec![fleetyard_tests::fixtures::pool_machine("riscv64", "RV-1", 8, 16)];
+    c.app.ready_pool(&c.w, "ownership", None, machines).await;
+    c.ask(runner("riscv64")).await.expect(201);
+    let queued = c.ask(runner("riscv64")).await.expect(202);
+    assert!(queued.body["queue"]["estimated_start_at"].is_string(), "{}", queued.text);
+    assert_eq!(queued.body["queue"]["cloud_note"], "no cloud offers riscv64; waiting for the labs");
+    let mut cloud_only = runner("loongarch64");
+    cloud_only["placement"] = json!("cloud");
+    let refused = c.ask(cloud_only).await.expect(422);
+    assert_eq!(refused.body["message"], "no cloud offers loongarch64");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c.instances("").await.is_empty());
+    assert!(c.creates(&c.huawei).await.is_empty() && c.creates(&c.ctyun).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_server_joins_the_pool_and_is_never_terminated() {
+    let c = clouds(|config| {
+        only(config, "huawei-test");
+        config.clouds.reconcile_grace_secs = 0;
+    })
+    .await;
+    let existing = c
+        .huawei
+        .add_servers(
+            "project-cn-north-4",
+            json!([{ "name": "oe-builder-01", "flavor": "c7.xlarge.2", "image": "img-x86", "tags": { "team": "infra" } }]),
+        )
+        .await;
+    let server_id = existing[0]["id"].as_str().unwrap().to_owned();
+    let import = c
+        .app
+        .post(
+            "/api/v1/cloud-imports",
+            &c.w.admin,
+            json!({ "account": "huawei-test", "region": "cn-north-4", "tag": { "key": "team", "value": "infra" } }),
+        )
+        .await
+        .expect(202);
+    let import_id = import.body["id"].as_str().unwrap().to_owned();
+    c.until("the import to finish", 30, async |c| {
+        c.app.get(&format!("/api/v1/cloud-imports/{import_id}"), &c.w.admin).await.body["state"] == "done"
+    })
+    .await;
+    let done = c.app.get(&format!("/api/v1/cloud-imports/{import_id}"), &c.w.admin).await.body;
+    let machine = done["machine_ids"][0].as_str().unwrap().to_owned();
+    let view = c.app.get(&format!("/api/v1/machines/{machine}"), &c.w.admin).await.expect(200).body;
+    assert_eq!((view["lifecycle"].as_str(), view["cpu_cores"].as_i64()), (Some("ready"), Some(4)), "{view}");
+    assert!(view["donation_id"].is_null() && view["donation_model"].is_null());
+    assert_eq!(view["labels"]["cloud"], "huawei_cloud");
+    // Its agent is enrolled the usual way, and it takes leases like any machine.
+    let token =
+        c.app.post(&format!("/api/v1/machines/{machine}/enrollment-token"), &c.w.admin, json!({})).await.expect(201);
+    let mut agent =
+        fleetyard_tests::agent::AgentProcess::enroll(&c.app.base_url, token.body["token"].as_str().unwrap()).await;
+    agent.start();
+    c.until("the server to be healthy", 30, async |c| {
+        c.app.get(&format!("/api/v1/machines/{machine}"), &c.w.admin).await.body["health"] == "healthy"
+    })
+    .await;
+    let mut lab_only = runner("x86_64");
+    lab_only["placement"] = json!("cloud");
+    let granted = c.ask(lab_only).await.expect(201);
+    assert_eq!(granted.body["machine_id"], json!(machine));
+    let lease = granted.body["id"].as_str().unwrap();
+    c.app.post(&format!("/api/v1/leases/{lease}/release"), &c.w.ci, json!({})).await.expect(200);
+    for _ in 0..3 {
+        fleetyard::provisioner::pass_now(&c.app.state).await.unwrap();
+        let report = cloud_reconcile::reconcile(&c.app.state).await.unwrap();
+        assert_eq!(report.orphans_terminated, 0, "{report:?}");
+    }
+    let server = c.huawei.servers().await.into_iter().find(|s| s["id"] == json!(server_id)).unwrap();
+    assert_eq!(server["deleted"], false, "an imported server is never terminated");
+    let view = c.app.get(&format!("/api/v1/machines/{machine}"), &c.w.admin).await.body;
+    assert_eq!(view["lifecycle"], "ready", "back in the pool");
+    agent.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_reaps_orphans_and_requeues_a_lease_whose_instance_vanished() {
+    let c = clouds(|config| {
+        only(config, "ctyun-test");
+        config.clouds.reconcile_grace_secs = 1;
+    })
+    .await;
+    // Someone (a crashed deployment of the same platform) left a tagged instance behind.
+    let orphan = c
+        .ctyun
+        .add_servers(
+            "cn-huadong1",
+            json!([{ "name": "fleetyard-0000deadbeef", "flavor": "s7.xlarge.2", "image": "img-x86",
+                     "tags": { "fleetyard-platform": "fleetyard" } }]),
+        )
+        .await;
+    let orphan_id = orphan[0]["id"].as_str().unwrap().to_owned();
+    let id = c.ask(runner("x86_64")).await.expect(202).body["id"].as_str().unwrap().to_owned();
+    c.until("the lease to be granted", 60, async |c| c.lease(&id).await["state"] == "granted").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = cloud_reconcile::reconcile(&c.app.state).await.unwrap();
+    assert_eq!(report.orphans_terminated, 1, "{report:?}");
+    let gone = c.ctyun.servers().await.into_iter().find(|s| s["id"] == json!(orphan_id)).unwrap();
+    assert_eq!(gone["deleted"], true);
+
+    // The leased instance vanishes behind Fleetyard's back: missing twice, it is lost, and
+    // the lease goes back to the queue (and gets another instance).
+    let lost = c.lease(&id).await["cloud"]["instance_id"].as_str().unwrap().to_owned();
+    let row = c.instances("").await.into_iter().find(|i| i["id"] == json!(lost)).unwrap();
+    c.ctyun.vanish(row["provider_id"].as_str().unwrap()).await;
+    cloud_reconcile::reconcile(&c.app.state).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = cloud_reconcile::reconcile(&c.app.state).await.unwrap();
+    assert_eq!(report.lost, 1, "{report:?}");
+    let lease = c.lease(&id).await;
+    assert!(
+        lease["state"] == "queued" || lease["cloud"]["instance_id"] != json!(lost),
+        "the lease is queued again: {lease}"
+    );
+    c.until("the lease to be granted again", 60, async |c| c.lease(&id).await["state"] == "granted").await;
+    let row = c.instances("").await.into_iter().find(|i| i["id"] == json!(lost)).unwrap();
+    assert_eq!(row["state"], "lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_a_cloud_instance_which_is_terminated_when_it_ends() {
+    let c = clouds(|config| only(config, "ctyun-test")).await;
+    let job = c
+        .app
+        .post(
+            "/api/v1/jobs",
+            &c.w.ci,
+            json!({ "requirements": { "arch": "x86_64" }, "purpose": "build", "command": "echo built on the cloud",
+                    "timeout_secs": 60, "tenant": "sig-ci", "placement": "cloud" }),
+        )
+        .await
+        .expect(201);
+    let id = job.body["id"].as_str().unwrap().to_owned();
+    c.until("the job to succeed", 60, async |c| {
+        c.app.get(&format!("/api/v1/jobs/{id}"), &c.w.ci).await.body["state"] == "succeeded"
+    })
+    .await;
+    let output = c.app.get(&format!("/api/v1/jobs/{id}/output"), &c.w.ci).await;
+    assert!(output.text.contains("built on the cloud"), "{}", output.text);
+    c.until("its instance to be terminated", 30, async |c| c.ctyun.instances(&[]).await.iter().all(|i| !i.alive)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_hands_out_a_ready_instance_at_once_and_refills() {
+    let c = clouds(|config| {
+        only(config, "ctyun-test");
+        config.clouds.accounts[0].regions[0].flavours[0].min_idle = 1;
+    })
+    .await;
+    c.until("a warm instance to be ready", 60, async |c| {
+        c.instances("&state=ready").await.iter().any(|i| i["lease_id"].is_null())
+    })
+    .await;
+    let granted = c.ask(runner("x86_64")).await.expect(201);
+    assert_eq!(granted.body["state"], "granted");
+    let lease = granted.body["id"].as_str().unwrap().to_owned();
+    c.until("the pool to refill", 60, async |c| {
+        c.instances("&state=ready").await.iter().filter(|i| i["lease_id"].is_null()).count() == 1
+    })
+    .await;
+    let taken = c.lease(&lease).await;
+    assert_eq!(taken["cloud"]["state"], "ready");
+    c.app.post(&format!("/api/v1/leases/{lease}/release"), &c.w.ci, json!({})).await.expect(200);
+    let instance = taken["cloud"]["instance_id"].clone();
+    c.until("the used instance to be terminated", 30, async |c| {
+        c.instances("&state=terminated").await.iter().any(|i| i["id"] == instance)
+    })
+    .await;
 }

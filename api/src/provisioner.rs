@@ -55,6 +55,10 @@ impl CloudBell {
     }
 }
 
+/// How much longer than one call's time limit a claim on a launch, an instance being
+/// terminated or an import lasts: past it, another replica may take the work over.
+const CLAIM_MARGIN_SECS: i64 = 10;
+
 /// The prefix of launch secrets, so a leaked one is recognisable.
 const SECRET_PREFIX: &str = "fylaunch_";
 
@@ -82,7 +86,7 @@ fn crash_point(point: &str) {
 
 /// Runs the worker until the process ends. Does nothing when no cloud is configured.
 pub async fn run(state: AppState) {
-    if state.clouds.is_empty() {
+    if state.clouds.is_empty() || !state.config.clouds.worker {
         return;
     }
     let window = StdDuration::from_millis(state.config.clouds.batch_window_millis);
@@ -205,7 +209,9 @@ impl Worker {
                                     + Duration::seconds(
                                         (clouds.boot_timeout_secs + clouds.attempt_timeout_secs) as i64,
                                     ),
-                                claimed_until: Some(now + Duration::seconds(clouds.attempt_timeout_secs as i64 + 30)),
+                                claimed_until: Some(
+                                    now + Duration::seconds(clouds.attempt_timeout_secs as i64 + CLAIM_MARGIN_SECS),
+                                ),
                                 calls: 1,
                             },
                         )
@@ -300,6 +306,7 @@ impl Worker {
             ));
         };
         let limit = StdDuration::from_secs(self.clouds().attempt_timeout_secs);
+        crash_point("before-launch-call");
         let result = match tokio::time::timeout(limit, provider.launch(spec)).await {
             Ok(result) => result,
             Err(_) => Err(CloudError::timed_out("the launch", limit)),
@@ -399,7 +406,7 @@ impl Worker {
     // ---- 2. resume -------------------------------------------------------------------------
 
     async fn resume_stale(&mut self) -> anyhow::Result<usize> {
-        let secs = self.clouds().attempt_timeout_secs as i64 + 30;
+        let secs = self.clouds().attempt_timeout_secs as i64 + CLAIM_MARGIN_SECS;
         let stale = {
             let mut conn = self.conn().await?;
             db::clouds::claim_stale_launches(&mut conn, secs).await?
@@ -576,7 +583,7 @@ impl Worker {
     // ---- 6. terminate ----------------------------------------------------------------------
 
     async fn terminate(&self) -> anyhow::Result<usize> {
-        let secs = self.clouds().attempt_timeout_secs as i64 + 30;
+        let secs = self.clouds().attempt_timeout_secs as i64 + CLAIM_MARGIN_SECS;
         let claimed = {
             let mut conn = self.conn().await?;
             db::clouds::claim_terminating(&mut conn, secs).await?
@@ -621,7 +628,7 @@ impl Worker {
     // ---- 7. import -------------------------------------------------------------------------
 
     async fn import(&self) -> anyhow::Result<usize> {
-        let secs = self.clouds().attempt_timeout_secs as i64 + 30;
+        let secs = self.clouds().attempt_timeout_secs as i64 + CLAIM_MARGIN_SECS;
         let claimed = {
             let mut conn = self.conn().await?;
             db::clouds::claim_imports(&mut conn, secs).await?

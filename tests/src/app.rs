@@ -101,6 +101,13 @@ impl TestApp {
         Self::serve(self.db.clone(), (*self.state.config).clone())
     }
 
+    /// Another server on the same database, configured like this one and then adjusted.
+    pub fn replica_with(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = (*self.state.config).clone();
+        adjust(&mut config);
+        Self::serve(self.db.clone(), config)
+    }
+
     /// A replica listening on `address` (e.g. the address of a stopped server, to bring it back).
     pub fn replica_at(&self, address: &str) -> TestApp {
         let listener = TcpListener::bind(address).expect("binding the address again");

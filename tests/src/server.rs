@@ -14,16 +14,23 @@ use crate::{TestApp, binary};
 pub struct ServerProcess {
     pub base_url: String,
     client: reqwest::Client,
-    _child: Child,
+    child: Child,
 }
 
 impl ServerProcess {
     /// Starts `fleetyard serve` on a loopback port, on `app`'s database and with its signing
     /// secret (so `app`'s tokens work here), background schedules off; waits until it is ready.
     pub async fn replica_of(app: &TestApp) -> ServerProcess {
+        Self::start(app, |_| {}).await
+    }
+
+    /// Like [`replica_of`](Self::replica_of), with the command adjusted first (more
+    /// environment, a configuration file, where its logs go).
+    pub async fn start(app: &TestApp, adjust: impl FnOnce(&mut Command)) -> ServerProcess {
         let config = &app.state.config;
         let address = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(binary("fleetyard"))
+        let mut command = Command::new(binary("fleetyard"));
+        command
             .arg("serve")
             .env("FLEETYARD_DATABASE_URL", &config.database_url)
             .env("FLEETYARD_JWT_SECRET", &config.jwt_secret.0)
@@ -34,11 +41,10 @@ impl ServerProcess {
             .env("FLEETYARD_SCHEDULES__ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting fleetyard serve");
-        let server =
-            ServerProcess { base_url: format!("http://{address}"), client: reqwest::Client::new(), _child: child };
+            .kill_on_drop(true);
+        adjust(&mut command);
+        let child = command.spawn().expect("starting fleetyard serve");
+        let server = ServerProcess { base_url: format!("http://{address}"), client: reqwest::Client::new(), child };
         for _ in 0..200 {
             if server
                 .client
@@ -52,6 +58,19 @@ impl ServerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("fleetyard serve did not become ready at {}", server.base_url);
+    }
+
+    /// Waits (at most `within`) for the process to end by itself, and returns how it ended.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the server did not exit in time")
+            .expect("waiting for the server")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        let request = self.client.request(Method::GET, format!("{}{path}", self.base_url)).bearer_auth(token);
+        read(request.send().await.expect("sending the request")).await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {

@@ -16,7 +16,10 @@ use crate::domain::{Arch, CloudProvider, Labels};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudsConfig {
-    /// The value of the `fleetyard:platform` tag on every instance this deployment launches.
+    /// Off: this replica's cloud worker makes no cloud calls and changes no instance (another
+    /// replica's does; the reconcile, a schedule, runs where schedules run).
+    pub worker: bool,
+    /// The value of the `fleetyard-platform` tag on every instance this deployment launches.
     /// Two deployments sharing an account must use different names: each reconciles only its
     /// own instances.
     pub platform: String,
@@ -59,6 +62,7 @@ pub struct CloudsConfig {
 impl Default for CloudsConfig {
     fn default() -> Self {
         Self {
+            worker: true,
             platform: "fleetyard".into(),
             agent_server_url: String::new(),
             agent_binaries_dir: None,

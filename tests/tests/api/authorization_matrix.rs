@@ -52,7 +52,23 @@ fn row(method: Method, path: impl Into<String>, body: Option<Value>, expect: [Ex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
-    let app = TestApp::spawn().await;
+    // One cloud account (at an address where nothing listens) and an agent binary to serve.
+    let files = tempfile::tempdir().unwrap();
+    for (name, text) in [("ak", "AKIDMATRIX"), ("sk", "matrix-secret"), ("fleetyard-agent-x86_64", "\x7fELF")] {
+        std::fs::write(files.path().join(name), text).unwrap();
+    }
+    let account: fleetyard::config::clouds::AccountConfig = serde_json::from_value(json!({
+        "name": "aws-matrix", "provider": "aws", "max_instances": 1,
+        "access_key_file": files.path().join("ak"), "secret_key_file": files.path().join("sk"),
+        "regions": [{ "name": "us-east-1", "endpoint": "http://127.0.0.1:9", "flavours": [], "images": [] }]
+    }))
+    .unwrap();
+    let app = TestApp::spawn_with(|config| {
+        config.clouds.agent_server_url = "http://127.0.0.1:9".into();
+        config.clouds.agent_binaries_dir = Some(files.path().to_owned());
+        config.clouds.accounts = vec![account];
+    })
+    .await;
     let w = app.world().await;
     let (a, b) = (&w.a, &w.b);
     let donation = app
@@ -171,6 +187,17 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         // The enrollment token in the body is the credential; a made-up one is refused for all.
         row(Method::POST,  "/api/v1/agent/enroll", Some(json!({"token": "fyenroll_made_up"})),
                                                                                   [Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated]),
+        // So is a launch's secret on a cloud instance.
+        row(Method::POST,  "/api/v1/agent/enroll", Some(json!({"launch_secret": "fylaunch_made_up", "instance_id": "i-1"})),
+                                                                                  [Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated, Unauthenticated]),
+        // The agent binary holds no secret: anyone may download it.
+        row(Method::GET,   "/api/v1/agent/binaries/x86_64", None,                 [In,              In,        In,        In,          In,        In]),
+        row(Method::GET,   "/api/v1/clouds", None,                                [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::GET,   "/api/v1/cloud-instances", None,                       [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::POST,  "/api/v1/cloud-imports", Some(json!({"account": "aws-matrix", "region": "us-east-1", "instance_ids": ["i-1"]})),
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::GET,   format!("/api/v1/cloud-imports/{}", uuid::Uuid::now_v7()), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
         row(Method::POST,  "/api/v1/agent/heartbeat", Some(heartbeat),            [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
         // Near the end: renewing replaces the agent's credential.
         row(Method::POST,  "/api/v1/agent/credential", None,                      [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),

@@ -598,3 +598,122 @@ async fn a_warm_pool_hands_out_a_ready_instance_at_once_and_refills() {
     })
     .await;
 }
+
+/// The clouds of `config`, as the TOML file a `fleetyard serve` process reads.
+fn config_file(config: &Config, dir: &TempDir) -> std::path::PathBuf {
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        clouds: &'a fleetyard::config::clouds::CloudsConfig,
+    }
+    let path = dir.path().join("fleetyard.toml");
+    std::fs::write(&path, toml::to_string(&File { clouds: &config.clouds }).unwrap()).unwrap();
+    path
+}
+
+/// A server killed at `point` of a launch of `count` instances on Huawei Cloud: its launch is
+/// resumed or adopted by another replica, every instance ends up with a row, and no create
+/// call is ever answered with new servers twice.
+async fn killed_at(point: &str, count: usize) -> (Clouds, TestApp, std::path::PathBuf) {
+    let c = clouds(|config| {
+        only(config, "huawei-test");
+        config.clouds.attempt_timeout_secs = 2;
+        config.clouds.worker = false;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&c.app.state.config, &dir);
+    let text = std::fs::read_to_string(&file).unwrap().replace("worker = false", "worker = true");
+    std::fs::write(&file, text).unwrap();
+    let mut doomed = fleetyard_tests::server::ServerProcess::start(&c.app, |command| {
+        command.env("FLEETYARD_CONFIG", &file).env("FLEETYARD_TEST_CRASH_AT", point);
+    })
+    .await;
+    let asks = (0..count).map(|_| doomed.post("/api/v1/leases", &c.w.ci, runner("x86_64")));
+    for answer in futures_util::future::join_all(asks).await {
+        answer.expect(202);
+    }
+    let status = doomed.exited(Duration::from_secs(30)).await;
+    assert!(!status.success(), "the server aborted at {point}");
+    // The replica that carries on: its worker is off until the test says otherwise.
+    let other = c.app.replica_with(|_| {});
+    (c, other, dir.path().to_path_buf())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_between_the_launch_call_and_its_commit_leaves_no_orphan_after_one_reconcile() {
+    let (c, other, _dir) = killed_at("after-launch-call", 3).await;
+    c.booter.pause(true);
+    // The cloud made three servers, tagged with their launch; the database knows none of them.
+    let made: Vec<_> = c.huawei.instances(&[]).await.into_iter().filter(|i| i.alive).collect();
+    assert_eq!(made.len(), 3);
+    assert!(c.instances("").await.iter().all(|i| i["provider_id"].is_null()));
+    // Once the dead replica's claim on the launch has lapsed, one reconcile round adopts them.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let report = cloud_reconcile::reconcile(&other.state).await.unwrap();
+    assert_eq!((report.adopted, report.orphans_terminated), (3, 0), "{report:?}");
+    let known: Vec<String> =
+        c.instances("").await.iter().filter_map(|i| i["provider_id"].as_str().map(str::to_owned)).collect();
+    for server in &made {
+        assert!(known.contains(&server.id), "{} has a row", server.id);
+    }
+    assert_eq!(c.creates(&c.huawei).await.len(), 1, "one create call, never a second");
+    // And the leases are served once the instances boot (with a worker to notice).
+    let _worker = c.app.replica_with(|config| config.clouds.worker = true);
+    c.booter.pause(false);
+    c.until("the instances to become ready", 60, async |c| c.instances("&state=ready").await.len() == 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_before_the_launch_call_has_its_launch_resumed_with_the_same_token_once() {
+    let (c, _other, _dir) = killed_at("before-launch-call", 2).await;
+    assert!(c.huawei.instances(&[]).await.is_empty(), "the call was never made");
+    // A replica whose worker runs resumes the launch once its claim lapses, with the same token.
+    let worker = c.app.replica_with(|config| config.clouds.worker = true);
+    c.until("the instances to become ready", 60, async |c| c.instances("&state=ready").await.len() == 2).await;
+    let creates = c.creates(&c.huawei).await;
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    assert_eq!(c.huawei.instances(&[]).await.len(), 2, "launched exactly once");
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_logs_responses_or_the_audit_log() {
+    let c = clouds(|config| {
+        only(config, "ctyun-test");
+        config.clouds.worker = false;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(&c.app.state.config, &dir);
+    let text = std::fs::read_to_string(&file).unwrap().replace("worker = false", "worker = true");
+    std::fs::write(&file, text).unwrap();
+    let log = dir.path().join("server.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let server = fleetyard_tests::server::ServerProcess::start(&c.app, |command| {
+        command
+            .env("FLEETYARD_CONFIG", &file)
+            .env("FLEETYARD_LOG_FILTER", "trace")
+            .env("FLEETYARD_SCHEDULES__ENABLED", "true")
+            .env("FLEETYARD_SCHEDULES__CLOUD_RECONCILE__SCHEDULE", "* * * * * *")
+            .stderr(stderr);
+    })
+    .await;
+    let id = server.post("/api/v1/leases", &c.w.ci, runner("x86_64")).await.expect(202).body["id"].clone();
+    let id = id.as_str().unwrap().to_owned();
+    c.until("the lease to be granted", 60, async |c| c.lease(&id).await["state"] == "granted").await;
+    let mut seen = String::new();
+    for path in ["/api/v1/clouds", "/api/v1/cloud-instances", "/api/v1/audit?limit=200", "/api/v1/schedules"] {
+        seen.push_str(&server.get(path, &c.w.admin).await.expect(200).text);
+    }
+    seen.push_str(&c.lease(&id).await.to_string());
+    seen.push_str(&std::fs::read_to_string(&log).unwrap());
+    assert!(seen.len() > 10_000, "there was something to look through");
+    for secret in [ACCESS_KEY, SECRET_KEY] {
+        assert!(!seen.contains(secret), "`{secret}` leaked");
+    }
+    // The launch's secret is in the user data only: never logged, never returned.
+    let user_data = c.ctyun.servers().await[0]["user_data"].as_str().unwrap().to_owned();
+    let launch_secret =
+        fleetyard_tests::clouds::bootstrap_of(&user_data).unwrap()["launch_secret"].as_str().unwrap().to_owned();
+    assert!(!seen.contains(&launch_secret));
+}

@@ -58,10 +58,17 @@ pub struct Emulator {
     /// Its base URL, `http://127.0.0.1:PORT`.
     pub url: String,
     http: reqwest::Client,
-    _child: Child,
+    /// `None` for an emulator some other process started.
+    _child: Option<Child>,
 }
 
 impl Emulator {
+    /// An emulator already running at `url` (the fakes share their control API, so either
+    /// fake kind reads both).
+    pub fn at(kind: Kind, url: &str) -> Emulator {
+        Emulator { kind, url: url.trim_end_matches('/').to_owned(), http: reqwest::Client::new(), _child: None }
+    }
+
     /// moto's EC2 server.
     pub async fn moto() -> Emulator {
         let port = free_port();
@@ -78,7 +85,7 @@ impl Emulator {
             kind: Kind::Moto,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
-            _child: child,
+            _child: Some(child),
         };
         for _ in 0..300 {
             if emulator.http.get(format!("{}/moto-api/", emulator.url)).send().await.is_ok() {
@@ -117,7 +124,7 @@ impl Emulator {
             .expect("reading the fake's stdout")
             .expect("the fake printed nothing");
         let url = line.strip_prefix("listening ").expect("`listening URL`").trim().to_owned();
-        Emulator { kind, url, http: reqwest::Client::new(), _child: child }
+        Emulator { kind, url, http: reqwest::Client::new(), _child: Some(child) }
     }
 
     async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -324,6 +331,13 @@ impl Booter {
     /// The instances booted so far.
     pub fn booted(&self) -> Vec<String> {
         self.booted.lock().unwrap().clone()
+    }
+
+    /// Stops watching and kills every agent it started.
+    pub async fn stop(mut self) {
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        task.abort();
+        let _ = task.await;
     }
 }
 

@@ -17,12 +17,14 @@ pub mod webhook_receiver;
 
 pub use app::{Response, TestApp};
 
-/// A binary of this workspace (`fleetyard`, later `fleetyard-agent`), built beside the test
-/// executables. `deploy/test` builds them before the tests run.
+/// A binary of this workspace (`fleetyard`, `fleetyard-agent`), built beside the test
+/// executables (or beside this workspace's own tools). `deploy/test` builds them before the
+/// tests run.
 pub fn binary(name: &str) -> std::path::PathBuf {
-    let test_exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = test_exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let exe = std::env::current_exe().expect("the executable's path");
+    let here = exe.parent().expect("target/<profile>[/deps]");
+    // A test runs from target/<profile>/deps; a tool (fleetyard-cloud-booter) from target/<profile>.
+    let dir = if here.ends_with("deps") { here.parent().expect("target/<profile>") } else { here };
     let path = dir.join(name);
     assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` (deploy/test does)", path.display());
     path

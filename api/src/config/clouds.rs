@@ -14,7 +14,7 @@ use crate::domain::cloud::{Backoff, Bucket, Market, Offer, micros_of};
 use crate::domain::{Arch, CloudProvider, Labels};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CloudsConfig {
     /// Off: this replica's cloud worker makes no cloud calls and changes no instance (another
     /// replica's does; the reconcile, a schedule, runs where schedules run).
@@ -336,5 +336,34 @@ impl CloudsConfig {
             quota: Duration::seconds(self.quota_backoff_secs as i64),
             throttled: Duration::seconds(self.throttle_backoff_secs as i64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+
+    use super::*;
+
+    /// `deploy/clouds.example.toml` is a configuration Fleetyard reads: every offer has an
+    /// image, every provider its required settings.
+    #[test]
+    fn the_example_catalogue_parses_and_is_complete() {
+        let mut clouds: CloudsConfig = Figment::from(Toml::string(include_str!("../../../deploy/clouds.example.toml")))
+            .extract_inner("clouds")
+            .expect("the example parses");
+        assert_eq!(clouds.accounts.len(), 3);
+        let offers = clouds.offers();
+        assert!(offers.iter().any(|o| o.market == Market::Spot) && offers.len() >= 6);
+        for account in &mut clouds.accounts {
+            // Credentials from files that exist, so that the rest of the checks run.
+            account.access_key_env = None;
+            account.secret_key_env = None;
+            account.access_key_file = Some("Cargo.toml".into());
+            account.secret_key_file = Some("Cargo.toml".into());
+        }
+        clouds.resolve().expect("the example is a valid catalogue");
+        assert_eq!(clouds.min_idle("aws-main", "us-east-1", "c7g.xlarge", Market::OnDemand), 1);
     }
 }

@@ -71,6 +71,9 @@ pub async fn reconcile(state: &AppState) -> anyhow::Result<ReconcileReport> {
                     continue;
                 }
             };
+            // Whatever the listing returned, only what carries this platform's tag (or, where
+            // labels bind late, its name) is ours to judge.
+            let listed: Vec<Listed> = listed.into_iter().filter(|i| is_ours(i, &clouds.platform)).collect();
             report.listed += listed.len();
             // Imported servers are checked by id: they carry no platform tag.
             let imported: Vec<String> = db::clouds::known_in(&mut conn, &account.name, &region.name)
@@ -121,6 +124,15 @@ pub async fn reconcile(state: &AppState) -> anyhow::Result<ReconcileReport> {
         state.scheduler.wake();
     }
     Ok(report)
+}
+
+/// Whether Fleetyard's deployment `platform` launched this instance: it carries the platform's
+/// tag, or (where labels bind late, on CTyun) no platform tag yet and a name Fleetyard gives.
+fn is_ours(instance: &Listed, platform: &str) -> bool {
+    match instance.tags.get(cloud::TAG_PLATFORM) {
+        Some(value) => value == platform,
+        None => instance.name.as_deref().is_some_and(|n| n.starts_with(&format!("{platform}-"))),
+    }
 }
 
 /// Compares one region's listing with its rows in one transaction; returns the cloud ids of

@@ -717,3 +717,70 @@ async fn credentials_never_reach_logs_responses_or_the_audit_log() {
         fleetyard_tests::clouds::bootstrap_of(&user_data).unwrap()["launch_secret"].as_str().unwrap().to_owned();
     assert!(!seen.contains(&launch_secret));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_secret_enrolls_each_of_its_instances_once_and_then_stops_working() {
+    let c = clouds(|config| only(config, "ctyun-test")).await;
+    c.booter.pause(true);
+    let asks = (0..2).map(|_| c.ask(runner("x86_64")));
+    for answer in futures_util::future::join_all(asks).await {
+        answer.expect(202);
+    }
+    c.until("both instances to be booting", 30, async |c| c.instances("&state=booting").await.len() == 2).await;
+    let servers = c.ctyun.servers().await;
+    let bootstrap = fleetyard_tests::clouds::bootstrap_of(servers[0]["user_data"].as_str().unwrap()).unwrap();
+    let secret = bootstrap["launch_secret"].as_str().unwrap();
+    assert!(secret.starts_with("fylaunch_"));
+    let enroll = async |instance: &str| {
+        let body = json!({ "launch_secret": secret, "instance_id": instance });
+        c.app.request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&body)).await
+    };
+    let (first, second) = (servers[0]["id"].as_str().unwrap(), servers[1]["id"].as_str().unwrap());
+    assert_eq!(enroll("i-not-of-this-launch").await.expect(401).code(), "invalid-launch-secret");
+    enroll(first).await.expect(200);
+    assert_eq!(enroll(first).await.expect(401).code(), "invalid-launch-secret", "an instance enrolls once");
+    enroll(second).await.expect(200);
+    // Every instance of the launch has enrolled: the secret is spent.
+    assert_eq!(enroll(second).await.expect(401).code(), "invalid-launch-secret");
+    let neither = json!({ "launch_secret": secret });
+    c.app.request(reqwest::Method::POST, "/api/v1/agent/enroll", None, Some(&neither)).await.expect(422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launches_are_paced_by_the_rate_limit_and_an_account_keeps_to_its_cap() {
+    let c = clouds(|config| {
+        only(config, "aws-test");
+        let aws = &mut config.clouds.accounts[0];
+        aws.max_instances = 2;
+        // One launch call, then one every two seconds.
+        aws.regions[0].rate_limits.launch_calls = fleetyard::domain::cloud::Bucket { burst: 1.0, per_sec: 0.5 };
+    })
+    .await;
+    c.booter.pause(true);
+    // Two launches (two flavours) in one round: the second waits for the bucket.
+    let (x86, arm) = tokio::join!(c.ask(runner("x86_64")), c.ask(runner("aarch64")));
+    x86.expect(202);
+    arm.expect(202);
+    c.until("both to be launched", 30, async |c| c.instances("&state=booting").await.len() == 2).await;
+    // When each launch took its tokens (and was written down, just before its call).
+    #[derive(diesel::QueryableByName)]
+    struct Launch {
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        created_at: chrono::DateTime<chrono::Utc>,
+    }
+    let mut conn = c.app.pool().get().await.unwrap();
+    let query = diesel::sql_query("SELECT created_at FROM cloud_launches ORDER BY created_at");
+    let launches: Vec<Launch> = diesel_async::RunQueryDsl::load(query, &mut conn).await.unwrap();
+    assert_eq!(launches.len(), 2);
+    let gap = launches[1].created_at - launches[0].created_at;
+    assert!(gap >= chrono::Duration::milliseconds(1500), "the second launch waited for a token: {gap}");
+    // A third request finds the account at its cap, and is told so.
+    let third = c.ask(runner("x86_64")).await.expect(202);
+    let note = third.body["queue"]["cloud_note"].as_str().unwrap_or_default();
+    assert!(note.contains("as many instances as they may"), "{}", third.text);
+    let view = c.clouds().await;
+    assert_eq!(view["accounts"][0]["instances_running"], 2);
+    let limits = &view["accounts"][0]["regions"][0]["rate_limits"];
+    assert_eq!(limits[0]["bucket"], "launch_calls");
+    assert!(limits[0]["tokens"].as_f64().unwrap() <= 1.0, "{limits}");
+}

@@ -148,16 +148,49 @@ impl Ctyun {
         })
     }
 
-    /// Creates `count` instances with one order (`batch-create-instances`, up to 50) and polls
-    /// the order until it names them; `None` when it was not done within the time limit.
+    /// Creates `count` instances with one order and polls the order until it names them;
+    /// `None` when it was not done within the time limit. One instance is `create-instance`;
+    /// several are `batch-create-instances` (`orderCount` up to 50), or, where that call is
+    /// unknown (HTTP 404), one `create-instance` each with tokens and names derived from the
+    /// batch's, so that a retry repeats exactly the same orders.
     async fn create(&self, spec: &LaunchSpec, token: &str, count: u32) -> Result<Option<Vec<String>>, CloudError> {
+        if spec.market == Market::Spot {
+            // CTyun has no spot market for ECS; a spot offer is configuration's mistake.
+            return Err(CloudError::new(CloudErrorKind::Invalid, "NoSpotMarket", "CTyun ECS has no spot instances"));
+        }
+        if count == 1 {
+            return self.create_with(spec, "/v4/ecs/create-instance", token, &spec.name, None).await;
+        }
+        match self.create_with(spec, "/v4/ecs/batch-create-instances", token, &spec.name, Some(count)).await {
+            Err(e) if e.code == "HTTP404" || e.code.ends_with("ApiNotFound") => {}
+            other => return other,
+        }
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let name = format!("{}-{:04}", spec.name, i + 1);
+            match self.create_with(spec, "/v4/ecs/create-instance", &format!("{token}-{i}"), &name, None).await? {
+                Some(more) => ids.extend(more),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(ids))
+    }
+
+    async fn create_with(
+        &self,
+        spec: &LaunchSpec,
+        path: &str,
+        token: &str,
+        name: &str,
+        count: Option<u32>,
+    ) -> Result<Option<Vec<String>>, CloudError> {
         let labels: Vec<Value> = spec.tags.iter().map(|(k, v)| json!({ "labelKey": k, "labelValue": v })).collect();
         let mut body = json!({
             "clientToken": token,
             "regionID": self.region.name,
             "azName": self.region.zone,
-            "instanceName": spec.name,
-            "displayName": spec.name,
+            "instanceName": name,
+            "displayName": name,
             "flavorID": spec.flavour,
             "imageType": 1,
             "imageID": spec.image,
@@ -170,16 +203,14 @@ impl Ctyun {
             "extIP": "0",
             "userData": STANDARD.encode(&spec.user_data),
             "labelList": labels,
-            "orderCount": count,
         });
+        if let Some(count) = count {
+            body["orderCount"] = json!(count);
+        }
         if let Some(group) = &self.region.security_group_id {
             body["secGroupList"] = json!([group]);
         }
-        if spec.market == Market::Spot {
-            // CTyun has no spot market for ECS; a spot offer is configuration's mistake.
-            return Err(CloudError::new(CloudErrorKind::Invalid, "NoSpotMarket", "CTyun ECS has no spot instances"));
-        }
-        let answer = self.call(Method::POST, "/v4/ecs/batch-create-instances", &[], Some(&body)).await?;
+        let answer = self.call(Method::POST, path, &[], Some(&body)).await?;
         let order = answer["masterOrderID"]
             .as_str()
             .ok_or_else(|| CloudError::new(CloudErrorKind::Transient, "no-order", "the create answer named no order"))?
@@ -340,7 +371,8 @@ impl Provider for Ctyun {
     }
 
     /// `unsubscribe-instance` releases a pay-by-the-hour instance (`destroy-instance` only
-    /// destroys prepaid ones already unsubscribed). An instance CTyun no longer knows is gone.
+    /// destroys prepaid ones already unsubscribed; it is the fallback where the first is
+    /// unknown). An instance CTyun no longer knows is gone.
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), CloudError> {
         for id in instance_ids {
             let body = json!({
@@ -348,7 +380,11 @@ impl Provider for Ctyun {
                 "regionID": self.region.name,
                 "instanceID": id,
             });
-            match self.call(Method::POST, "/v4/ecs/unsubscribe-instance", &[], Some(&body)).await {
+            let mut released = self.call(Method::POST, "/v4/ecs/unsubscribe-instance", &[], Some(&body)).await;
+            if released.as_ref().is_err_and(|e| e.status == 404) {
+                released = self.call(Method::POST, "/v4/ecs/destroy-instance", &[], Some(&body)).await;
+            }
+            match released {
                 Ok(answer) => {
                     if let Some(order) = answer["masterOrderID"].as_str()
                         && self.wait_for_order(order).await?.is_none()

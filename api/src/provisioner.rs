@@ -490,12 +490,21 @@ impl Worker {
                 }
                 let overdue = db::clouds::boot_overdue(conn).await?;
                 let ids: Vec<Uuid> = overdue.iter().map(|r| r.id).collect();
-                let marked = db::clouds::mark_terminating(
-                    conn,
-                    &ids,
-                    "its agent did not enroll and report within the boot timeout",
-                )
-                .await?;
+                let why = "its agent did not enroll and report within the boot timeout";
+                let marked = db::clouds::mark_terminating(conn, &ids, why).await?;
+                // An offer whose instances do not boot (a broken image, a network that cannot
+                // reach this server) is passed over for a while rather than launched again.
+                for row in &overdue {
+                    let offer = OfferKey {
+                        account: row.account.clone(),
+                        region: row.region.clone(),
+                        flavour: row.flavour.clone(),
+                        market: row.market,
+                    };
+                    let unavailable =
+                        rules::unavailable_after(CloudErrorKind::Transient, &offer, why, clouds.backoff(), Utc::now());
+                    db::clouds::add_unavailable(conn, &unavailable).await?;
+                }
                 Ok((ready, marked.len()))
             })
             .await?;

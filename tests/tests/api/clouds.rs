@@ -409,6 +409,7 @@ async fn an_instance_that_never_boots_is_terminated_and_its_lease_gets_another()
     let c = clouds(|config| {
         only(config, "ctyun-test");
         config.clouds.boot_timeout_secs = 3;
+        config.clouds.capacity_backoff_secs = 2;
     })
     .await;
     c.booter.pause(true);
@@ -416,6 +417,9 @@ async fn an_instance_that_never_boots_is_terminated_and_its_lease_gets_another()
     c.until("the first instance to be given up", 30, async |c| c.instances("&state=terminated").await.len() == 1).await;
     let first = c.instances("&state=terminated").await.remove(0);
     assert!(first["end_reason"].as_str().unwrap().contains("boot timeout"), "{first}");
+    // The offer is passed over for its backoff before it is tried again.
+    let region = &c.clouds().await["accounts"][0]["regions"][0];
+    assert!(region["unavailable"][0]["reason"].as_str().unwrap().contains("boot timeout"), "{region}");
     c.booter.pause(false);
     c.until("the lease to be granted on a second instance", 60, async |c| c.lease(&id).await["state"] == "granted")
         .await;

@@ -20,7 +20,6 @@
 //! of requests becomes one call per flavour), and every second otherwise.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use anyhow::Context;
@@ -30,7 +29,6 @@ use chrono::{Duration, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::cloud::{self, CloudError, CloudInstance as Listed, LaunchSpec, Launched, Selector};
@@ -39,21 +37,9 @@ use crate::db::audit::Actor;
 use crate::db::clouds::{CallOutcome, CloudInstance, CloudLaunch, NewCloudInstance, NewCloudLaunch};
 use crate::db::{self};
 use crate::domain::cloud::{self as rules, Bootstrap, CloudErrorKind, InstanceState, LaunchState, OfferKey};
-use crate::domain::{Accelerator, Arch, LifecycleState, MachineId, TokenId};
+use crate::domain::{Accelerator, Arch, LifecycleState, MachineId, Requester, TokenId, lifecycle};
 use crate::operations::machines::record_lifecycle_changes;
 use crate::state::AppState;
-
-/// Wakes the cloud worker: placement wrote intents, or something it watches changed.
-#[derive(Default)]
-pub struct CloudBell {
-    notify: Notify,
-}
-
-impl CloudBell {
-    pub fn ring(&self) {
-        self.notify.notify_one();
-    }
-}
 
 /// How much longer than one call's time limit a claim on a launch, an instance being
 /// terminated or an import lasts: past it, another replica may take the work over.
@@ -93,7 +79,7 @@ pub async fn run(state: AppState) {
     let mut worker = Worker { state, digests: HashMap::new() };
     loop {
         tokio::select! {
-            () = worker.state.cloud_bell.notify.notified() => tokio::time::sleep(window).await,
+            () = worker.state.cloud_bell.notified() => tokio::time::sleep(window).await,
             () = tokio::time::sleep(StdDuration::from_secs(1)) => {}
         }
         if let Err(e) = worker.pass().await {
@@ -104,8 +90,9 @@ pub async fn run(state: AppState) {
 
 struct Worker {
     state: AppState,
-    /// The agent binaries' SHA-256, by architecture, for the user data to check.
-    digests: HashMap<Arch, Option<String>>,
+    /// The agent binaries' SHA-256 (and when each file last changed), by architecture, for
+    /// the user data to check.
+    digests: HashMap<Arch, (std::time::SystemTime, String)>,
 }
 
 /// What one pass did, for tests and the schedule report.
@@ -125,7 +112,6 @@ impl Worker {
         let resumed = self.resume_stale().await?;
         let (ready, boot_timeouts) = self.settle_boots().await?;
         self.settle_unneeded().await?;
-        self.top_up_warm_pool().await?;
         let terminated = self.terminate().await?;
         let imported = self.import().await?;
         if ready > 0 || boot_timeouts > 0 {
@@ -176,15 +162,11 @@ impl Worker {
                     };
                     let per_call = provider.max_per_call().max(1) as usize;
                     for chunk in rows.chunks(per_call) {
-                        let wait = db::clouds::take_launch_tokens(
-                            conn,
-                            &account,
-                            &region,
-                            &region_config.rate_limits,
-                            chunk.len() as f64,
-                            now,
-                        )
-                        .await?;
+                        let limits = &region_config.rate_limits;
+                        let buckets = (limits.launch_calls, limits.launch_instances);
+                        let wait =
+                            db::clouds::take_launch_tokens(conn, &account, &region, buckets, chunk.len() as f64, now)
+                                .await?;
                         if !wait.is_zero() {
                             // The buckets say not yet: these stay requested for a later pass.
                             tracing::debug!(%account, %region, ?wait, "launch paced by the rate limit");
@@ -209,11 +191,10 @@ impl Worker {
                                     + Duration::seconds(
                                         (clouds.boot_timeout_secs + clouds.attempt_timeout_secs) as i64,
                                     ),
-                                claimed_until: Some(
-                                    now + Duration::seconds(clouds.attempt_timeout_secs as i64 + CLAIM_MARGIN_SECS),
-                                ),
+                                claimed_until: None,
                                 calls: 1,
                             },
+                            clouds.attempt_timeout_secs as i64 + CLAIM_MARGIN_SECS,
                         )
                         .await?;
                         let ids: Vec<Uuid> = chunk.iter().map(|r| r.id).collect();
@@ -248,13 +229,17 @@ impl Worker {
         Ok(count)
     }
 
-    /// The call's request: the same for the first call and every resumption.
+    /// The call's request: the same for the first call and every resumption. No agent binary
+    /// for the architecture, no launch: its instances could never enroll.
     fn spec(&mut self, launch: &CloudLaunch, rows: &[CloudInstance]) -> anyhow::Result<LaunchSpec> {
         let clouds = self.clouds().clone();
         let arch = rows.first().map(|r| r.arch).context("a launch without instances")?;
         let image = clouds.image(&launch.account, &launch.region, arch).context("no image for the architecture")?;
         let agent_url = format!("{}/api/v1/agent/binaries/{arch}", clouds.agent_server_url.trim_end_matches('/'));
-        let digest = self.agent_digest(arch);
+        let digest = self.agent_digest(arch).with_context(|| {
+            format!("there is no agent binary for {arch} (fleetyard-agent-{arch} in clouds.agent_binaries_dir)")
+        })?;
+        let digest = Some(digest);
         let secret = launch_secret(&self.state.config.jwt_secret.0, launch.id);
         let user_data = rules::cloud_init(&Bootstrap {
             server_url: clouds.agent_server_url.trim_end_matches('/'),
@@ -273,10 +258,9 @@ impl Worker {
                 tags.insert(cloud::TAG_LEASE.to_owned(), lease.0.simple().to_string());
             }
         }
-        let simple = launch.id.simple().to_string();
         Ok(LaunchSpec {
             client_token: launch.client_token.clone(),
-            name: format!("{}-{}", clouds.platform, &simple[simple.len() - 12..]),
+            name: cloud::instance_name(&clouds.platform, launch.id),
             count: launch.count as u32,
             flavour: launch.flavour.clone(),
             image: launch.image.clone(),
@@ -286,15 +270,18 @@ impl Worker {
         })
     }
 
+    /// The SHA-256 of the agent binary for `arch`, read again whenever the file changes.
     fn agent_digest(&mut self, arch: Arch) -> Option<String> {
-        let dir = self.state.config.clouds.agent_binaries_dir.clone();
-        self.digests
-            .entry(arch)
-            .or_insert_with(|| {
-                let path = dir?.join(format!("fleetyard-agent-{arch}"));
-                std::fs::read(path).ok().map(|bytes| hex::encode(Sha256::digest(bytes)))
-            })
-            .clone()
+        let path = self.state.config.clouds.agent_binaries_dir.clone()?.join(format!("fleetyard-agent-{arch}"));
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        match self.digests.get(&arch) {
+            Some((at, digest)) if *at == modified => Some(digest.clone()),
+            _ => {
+                let digest = hex::encode(Sha256::digest(std::fs::read(&path).ok()?));
+                self.digests.insert(arch, (modified, digest.clone()));
+                Some(digest)
+            }
+        }
     }
 
     async fn call_launch(&self, launch: &CloudLaunch, spec: &LaunchSpec) -> Result<Launched, CloudError> {
@@ -318,23 +305,21 @@ impl Worker {
     /// Records what a launch call achieved, unless another replica already did.
     async fn record_launch(&self, launch: &CloudLaunch, result: Result<Launched, CloudError>) -> anyhow::Result<()> {
         let clouds = self.clouds().clone();
-        let outcome = match &result {
-            Ok(_) => CallOutcome::Ok,
-            Err(e) => CallOutcome::Failed { throttled: e.kind == CloudErrorKind::Throttled, error: &e.message },
-        };
         let mut conn = self.conn().await?;
-        db::clouds::count_call(&mut conn, &launch.account, &launch.region, "launch", outcome).await?;
+        db::clouds::count_call(&mut conn, &launch.account, &launch.region, "launch", outcome(&result)).await?;
         let offer = OfferKey {
             account: launch.account.clone(),
             region: launch.region.clone(),
             flavour: launch.flavour.clone(),
             market: launch.market,
         };
-        let to_tag = conn
+        let (to_tag, extras) = conn
             .transaction::<_, anyhow::Error, _>(async |conn| {
-                let Some(current) = db::clouds::lock_launch(conn, launch.id).await? else { return Ok(Vec::new()) };
+                let Some(current) = db::clouds::lock_launch(conn, launch.id).await? else {
+                    return Ok((Vec::new(), Vec::new()));
+                };
                 if current.state != LaunchState::Calling {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), Vec::new()));
                 }
                 let rows: Vec<CloudInstance> = db::clouds::of_launch(conn, launch.id)
                     .await?
@@ -364,7 +349,9 @@ impl Worker {
                             db::clouds::add_unavailable(conn, &unavailable).await?;
                         }
                         db::clouds::finish_launch(conn, launch.id, LaunchState::Done, None).await?;
-                        Ok(to_tag)
+                        // More than asked for (it should not happen): no row wants them.
+                        let extras = launched.instance_ids.get(taken..).unwrap_or_default().to_vec();
+                        Ok((to_tag, extras))
                     }
                     Err(e) => {
                         let timed_out = e.kind == CloudErrorKind::Transient;
@@ -376,13 +363,17 @@ impl Worker {
                             rules::unavailable_after(e.kind, &offer, &e.to_string(), clouds.backoff(), Utc::now());
                         db::clouds::add_unavailable(conn, &unavailable).await?;
                         db::clouds::finish_launch(conn, launch.id, state, Some((e.kind, &e.code, &e.message))).await?;
-                        Ok(Vec::new())
+                        Ok((Vec::new(), Vec::new()))
                     }
                 }
             })
             .await?;
         drop(conn);
         self.state.scheduler.wake();
+        if let (false, Some(provider)) = (extras.is_empty(), self.state.clouds.get(&launch.account, &launch.region)) {
+            tracing::warn!(launch = %launch.id, ?extras, "a launch returned more instances than asked for; terminating them");
+            let _ = paced(&self.state, &launch.account, &launch.region, "terminate", provider.terminate(&extras)).await;
+        }
         // A batch shares its tags; each instance gets its row and lease now (best effort: the
         // launch tag is what the reconcile relies on).
         for (provider_id, row, lease) in to_tag {
@@ -391,13 +382,11 @@ impl Worker {
                 tags.insert(cloud::TAG_LEASE.to_owned(), lease.simple().to_string());
             }
             if let Some(provider) = self.state.clouds.get(&launch.account, &launch.region) {
-                let outcome = provider.tag(&provider_id, &tags).await;
-                let mut conn = self.conn().await?;
-                let counted = match &outcome {
-                    Ok(()) => CallOutcome::Ok,
-                    Err(e) => CallOutcome::Failed { throttled: e.kind == CloudErrorKind::Throttled, error: &e.message },
-                };
-                db::clouds::count_call(&mut conn, &launch.account, &launch.region, "tag", counted).await?;
+                let tagged =
+                    paced(&self.state, &launch.account, &launch.region, "tag", provider.tag(&provider_id, &tags));
+                if let Err(e) = tagged.await {
+                    tracing::debug!(instance = %provider_id, "tagging failed: {e}");
+                }
             }
         }
         Ok(())
@@ -412,16 +401,26 @@ impl Worker {
             db::clouds::claim_stale_launches(&mut conn, secs).await?
         };
         let count = stale.len();
+        // All at once, as they were claimed together: no claim runs out while others are called.
+        let mut specs = Vec::with_capacity(count);
         for launch in stale {
             let rows = {
                 let mut conn = self.conn().await?;
                 db::clouds::of_launch_unlocked(&mut conn, launch.id).await?
             };
             tracing::info!(launch = %launch.id, calls = launch.calls, "resuming a launch left mid-call, with the same token");
-            let result = match self.spec(&launch, &rows) {
-                Ok(spec) => self.call_launch(&launch, &spec).await,
+            let spec = self.spec(&launch, &rows);
+            specs.push((launch, spec));
+        }
+        let this = &*self;
+        let calls = specs.into_iter().map(|(launch, spec)| async move {
+            let result = match spec {
+                Ok(spec) => this.call_launch(&launch, &spec).await,
                 Err(e) => Err(CloudError::new(CloudErrorKind::Invalid, "configuration", format!("{e:#}"))),
             };
+            (launch, result)
+        });
+        for (launch, result) in futures_util::future::join_all(calls).await {
             self.record_launch(&launch, result).await?;
         }
         Ok(count)
@@ -444,22 +443,13 @@ impl Worker {
         for ((account, region), rows) in by_region {
             let Some(provider) = self.state.clouds.get(&account, &region) else { continue };
             let ids: Vec<String> = rows.iter().filter_map(|r| r.provider_id.clone()).collect();
-            let listed = provider.list(&Selector::Ids(ids)).await;
-            let mut conn = self.conn().await?;
-            match listed {
-                Ok(listed) => {
-                    db::clouds::count_call(&mut conn, &account, &region, "list", CallOutcome::Ok).await?;
-                    for instance in listed {
-                        if let Some(row) = rows.iter().find(|r| r.provider_id.as_deref() == Some(instance.id.as_str()))
-                        {
-                            addresses.insert(row.id, instance);
-                        }
+            let selector = Selector::Ids(ids);
+            // A failed listing leaves them booting for the next pass.
+            if let Ok(listed) = paced(&self.state, &account, &region, "list", provider.list(&selector)).await {
+                for instance in listed {
+                    if let Some(row) = rows.iter().find(|r| r.provider_id.as_deref() == Some(instance.id.as_str())) {
+                        addresses.insert(row.id, instance);
                     }
-                }
-                Err(e) => {
-                    let outcome =
-                        CallOutcome::Failed { throttled: e.kind == CloudErrorKind::Throttled, error: &e.message };
-                    db::clouds::count_call(&mut conn, &account, &region, "list", outcome).await?;
                 }
             }
         }
@@ -477,6 +467,12 @@ impl Worker {
                         .map_or_else(|| "root".to_owned(), |i| i.ssh_user.clone());
                     db::machines::set_ssh_endpoint(conn, machine_id, address, 22, &user).await?;
                     let before = db::machines::lock(conn, machine_id).await?.into_iter().collect::<Vec<_>>();
+                    if before
+                        .iter()
+                        .any(|m| lifecycle::check_rented(m.lifecycle, LifecycleState::Ready, Requester::Ops).is_err())
+                    {
+                        continue;
+                    }
                     let change = db::machines::LifecycleChange {
                         to: LifecycleState::Ready,
                         deadline: None,
@@ -494,13 +490,9 @@ impl Worker {
                 let marked = db::clouds::mark_terminating(conn, &ids, why).await?;
                 // An offer whose instances do not boot (a broken image, a network that cannot
                 // reach this server) is passed over for a while rather than launched again.
-                for row in &overdue {
-                    let offer = OfferKey {
-                        account: row.account.clone(),
-                        region: row.region.clone(),
-                        flavour: row.flavour.clone(),
-                        market: row.market,
-                    };
+                let mut seen = std::collections::HashSet::new();
+                for row in overdue.iter().filter(|r| seen.insert((&r.account, &r.region, &r.flavour, r.market))) {
+                    let offer = row.offer_key();
                     let unavailable =
                         rules::unavailable_after(CloudErrorKind::Transient, &offer, why, clouds.backoff(), Utc::now());
                     db::clouds::add_unavailable(conn, &unavailable).await?;
@@ -511,22 +503,21 @@ impl Worker {
         Ok((ready, overdue))
     }
 
-    // ---- 4. settle -------------------------------------------------------------------------
+    // ---- 4. settle, 5. warm pool ---------------------------------------------------------
 
-    /// Instances no lease needs: never launched ones fail, used ones terminate, unused ones
-    /// join the warm pool if it wants them and terminate otherwise.
+    /// Instances no lease needs: never-launched ones fail, used or broken ones terminate,
+    /// unused ones join the warm pool if it wants them and terminate otherwise. Then the warm
+    /// pool is topped up to each flavour's `min_idle` (within its account's cap) and trimmed
+    /// back to it. One replica at a time (an advisory lock), since both weigh the same counts.
     async fn settle_unneeded(&self) -> anyhow::Result<()> {
         let clouds = self.clouds().clone();
         let mut conn = self.conn().await?;
         conn.transaction::<_, anyhow::Error, _>(async |conn| {
-            let unneeded = db::clouds::unneeded(conn).await?;
-            if unneeded.is_empty() {
-                return Ok(());
-            }
+            db::clouds::lock_warm_pool(conn).await?;
             let mut warm = db::clouds::warm_counts(conn).await?;
             let (mut never, mut terminate, mut keep) = (Vec::new(), Vec::new(), Vec::new());
-            for row in unneeded {
-                match (row.state, row.used) {
+            for row in db::clouds::unneeded(conn).await? {
+                match (row.state, row.used || row.broken) {
                     (InstanceState::Requested, _) => never.push(row.id),
                     (_, true) => terminate.push(row.id),
                     (_, false) => {
@@ -542,48 +533,44 @@ impl Worker {
                     }
                 }
             }
-            db::clouds::end(
-                conn,
-                &never,
-                InstanceState::Failed,
-                "its lease no longer needed it before it was launched",
-            )
-            .await?;
+            let why = "its lease no longer needed it before it was launched";
+            db::clouds::end(conn, &never, InstanceState::Failed, why).await?;
             db::clouds::mark_terminating(conn, &terminate, "no lease needs it any more").await?;
             db::clouds::unbind(conn, &keep).await?;
-            Ok(())
-        })
-        .await
-    }
 
-    // ---- 5. warm pool ----------------------------------------------------------------------
-
-    async fn top_up_warm_pool(&self) -> anyhow::Result<()> {
-        let clouds = self.clouds().clone();
-        let offers = clouds.offers();
-        let wanted: Vec<_> = offers
-            .iter()
-            .filter_map(|o| {
-                let min = clouds.min_idle(&o.account, &o.region, &o.flavour, o.market);
-                (min > 0).then_some((o, min))
-            })
-            .collect();
-        let mut conn = self.conn().await?;
-        conn.transaction::<_, anyhow::Error, _>(async |conn| {
-            let warm = db::clouds::warm_counts(conn).await?;
+            // The warm pool: what each flavour wants, within its account's room.
+            let open = db::clouds::open_instances(conn).await?;
+            let mut room: HashMap<String, i64> = clouds
+                .accounts
+                .iter()
+                .map(|a| {
+                    let running = open.iter().filter(|i| !i.imported && i.account == a.name).count() as i64;
+                    (a.name.clone(), a.max_instances - running)
+                })
+                .collect();
             let unavailable = db::clouds::unavailable(conn).await?;
+            let warm = db::clouds::warm_counts(conn).await?;
             let mut rows = Vec::new();
-            for (offer, min) in wanted {
+            let mut excess = Vec::new();
+            for offer in clouds.offers() {
+                let wanted = clouds.min_idle(&offer.account, &offer.region, &offer.flavour, offer.market);
                 let key = (offer.account.clone(), offer.region.clone(), offer.flavour.clone(), offer.market);
                 let have = warm.get(&key).copied().unwrap_or(0);
-                if have >= min || unavailable.iter().any(|u| u.covers(offer)) {
+                if have > wanted {
+                    excess.extend(db::clouds::warm_ready(conn, &key, have - wanted).await?);
                     continue;
                 }
-                for _ in have..min {
-                    rows.push(new_instance(offer, None, None));
+                let left = room.entry(offer.account.clone()).or_default();
+                if unavailable.iter().any(|u| u.covers(&offer)) {
+                    continue;
+                }
+                for _ in have..wanted.min(have + (*left).max(0)) {
+                    rows.push(db::clouds::NewCloudInstance::requested(&offer, None, None));
+                    *left -= 1;
                 }
             }
             db::clouds::insert_instances(conn, &rows).await?;
+            db::clouds::mark_terminating(conn, &excess, "the warm pool holds more than its min_idle").await?;
             Ok(())
         })
         .await
@@ -602,33 +589,24 @@ impl Worker {
             by_region.entry((row.account.clone(), row.region.clone())).or_default().push(row);
         }
         let mut terminated = 0;
-        let limit = StdDuration::from_secs(self.clouds().attempt_timeout_secs);
         for ((account, region), rows) in by_region {
             let ids: Vec<String> = rows.iter().filter_map(|r| r.provider_id.clone()).collect();
             let result = match self.state.clouds.get(&account, &region) {
                 Some(provider) if !ids.is_empty() => {
-                    match tokio::time::timeout(limit, provider.terminate(&ids)).await {
-                        Ok(result) => result,
-                        Err(_) => Err(CloudError::timed_out("terminate", limit)),
-                    }
+                    paced(&self.state, &account, &region, "terminate", provider.terminate(&ids)).await
                 }
                 Some(_) => Ok(()),
                 None => Err(CloudError::new(CloudErrorKind::Invalid, "configuration", "the account is not configured")),
             };
-            let mut conn = self.conn().await?;
             match result {
                 Ok(()) => {
-                    db::clouds::count_call(&mut conn, &account, &region, "terminate", CallOutcome::Ok).await?;
+                    let mut conn = self.conn().await?;
                     let revoked = retire(&mut conn, &rows, InstanceState::Terminated).await?;
                     self.state.agents.evict(&revoked);
                     terminated += rows.len();
                 }
-                Err(e) => {
-                    tracing::warn!(%account, %region, "terminating {} instances failed: {e}", ids.len());
-                    let outcome =
-                        CallOutcome::Failed { throttled: e.kind == CloudErrorKind::Throttled, error: &e.message };
-                    db::clouds::count_call(&mut conn, &account, &region, "terminate", outcome).await?;
-                }
+                // Left to be tried again once the claim lapses.
+                Err(e) => tracing::warn!(%account, %region, "terminating {} instances failed: {e}", ids.len()),
             }
         }
         Ok(terminated)
@@ -673,7 +651,9 @@ impl Worker {
             (Some(key), Some(value)) => Selector::Tag(key.clone(), value.clone()),
             _ => Selector::Ids(import.instance_ids.clone()),
         };
-        let listed = provider.list(&selector).await.map_err(|e| anyhow::anyhow!("listing the servers: {e}"))?;
+        let listed = paced(&self.state, &import.account, &import.region, "list", provider.list(&selector))
+            .await
+            .map_err(|e| anyhow::anyhow!("listing the servers: {e}"))?;
         let listed: Vec<Listed> = listed.into_iter().filter(|i| i.state.is_alive()).collect();
         if listed.is_empty() {
             anyhow::bail!("the cloud lists no running server that matches");
@@ -700,7 +680,7 @@ impl Worker {
                     .into_iter()
                     .find(|o| o.account == account.name && o.region == region.name && o.flavour == flavour.name)
                     .context("the flavour's offer")?;
-                let mut row = new_instance(&offer, None, None);
+                let mut row = NewCloudInstance::requested(&offer, None, None);
                 row.imported = true;
                 row.state = InstanceState::Ready;
                 row.provider_id = Some(server.id.clone());
@@ -716,15 +696,26 @@ impl Worker {
                 if let Some(address) = server.address() {
                     db::machines::set_ssh_endpoint(conn, machine, address, 22, user).await?;
                 }
-                let m = db::machines::find(conn, machine).await?.context("the machine just written")?;
+                // Registered as onboarding, then into the pool the usual way (audited, announced).
+                let onboarding = db::machines::lock(conn, machine).await?.context("the machine just written")?;
+                let note = format!("{} server {} imported", account.provider, server.id);
                 crate::db::audit::record(
                     conn,
                     &actor,
                     &[crate::db::audit::Change::new("machine.imported", "machine", machine)
-                        .note(Some(&format!("{} server {} imported", account.provider, server.id)))
-                        .after(&crate::views::MachineView::from(m))],
+                        .note(Some(&note))
+                        .after(&crate::views::MachineView::from(onboarding.clone()))],
                 )
                 .await?;
+                lifecycle::check_rented(onboarding.lifecycle, LifecycleState::Ready, Requester::Ops)?;
+                let change = db::machines::LifecycleChange {
+                    to: LifecycleState::Ready,
+                    deadline: None,
+                    maintenance_reason: None,
+                    location: None,
+                };
+                let ready = db::machines::set_lifecycle(conn, &[machine], &change).await?;
+                record_lifecycle_changes(conn, &actor, &[onboarding], &ready, Some(&note)).await?;
                 machines.push(machine);
             }
             Ok(machines)
@@ -743,6 +734,10 @@ pub async fn adopt(
     instance_ids: &[String],
 ) -> anyhow::Result<usize> {
     let deadline = Utc::now() + Duration::seconds(clouds.boot_timeout_secs as i64);
+    // Resumed or adopted late, the launch's secret must last as long as its instances' boot.
+    if let Some(launch) = rows.first().and_then(|r| r.launch_id) {
+        db::clouds::keep_secret_until(conn, launch, deadline).await?;
+    }
     for (row, provider_id) in rows.iter().zip(instance_ids) {
         let machine = insert_machine(conn, row, None).await?;
         db::clouds::set_booting(conn, row.id, provider_id, machine, deadline).await?;
@@ -753,35 +748,6 @@ pub async fn adopt(
             .await?;
     }
     Ok(rows.len().min(instance_ids.len()))
-}
-
-/// An instance row for an offer, requested.
-pub fn new_instance(
-    offer: &rules::Offer,
-    tenant: Option<&str>,
-    lease: Option<crate::domain::LeaseId>,
-) -> NewCloudInstance {
-    NewCloudInstance {
-        id: Uuid::now_v7(),
-        state: InstanceState::Requested,
-        account: offer.account.clone(),
-        provider: offer.provider,
-        region: offer.region.clone(),
-        flavour: offer.flavour.clone(),
-        market: offer.market,
-        arch: offer.arch,
-        cores: offer.cores,
-        memory_mib: offer.memory_mib,
-        disk_gib: offer.disk_gib,
-        hourly_micros: offer.hourly_micros,
-        tenant: tenant.map(str::to_owned),
-        lease_id: lease,
-        provider_id: None,
-        machine_id: None,
-        imported: false,
-        launched_at: None,
-        ready_at: None,
-    }
 }
 
 /// The machine a cloud instance is in the inventory: at its region's site, of its flavour's
@@ -799,9 +765,9 @@ async fn insert_machine(
         ("flavour".to_owned(), row.flavour.clone()),
     ]);
     let accelerators: Vec<Accelerator> = Vec::new();
-    let (lifecycle, deadline) = match imported {
-        Some(_) => (LifecycleState::Ready, None),
-        None => (LifecycleState::Onboarding, row.deadline.or(Some(Utc::now() + Duration::hours(1)))),
+    let deadline = match imported {
+        Some(_) => None,
+        None => row.deadline.or(Some(Utc::now() + Duration::hours(1))),
     };
     let machine = db::machines::NewMachine {
         id: MachineId::generate(),
@@ -821,7 +787,7 @@ async fn insert_machine(
         ssh_port: None,
         ssh_user: None,
         warranty_until: None,
-        lifecycle,
+        lifecycle: LifecycleState::Onboarding,
         lifecycle_deadline: deadline,
     };
     Ok(db::machines::insert_many(conn, &[machine]).await?.remove(0).id)
@@ -863,10 +829,51 @@ pub async fn retire(
     .await
 }
 
+/// One cloud call other than a launch: paced by its region's `other_calls` bucket (shared by
+/// every replica), bounded by the attempt time limit, and counted in `cloud_calls`.
+pub async fn paced<T>(
+    state: &AppState,
+    account: &str,
+    region: &str,
+    operation: &str,
+    call: impl std::future::Future<Output = Result<T, CloudError>>,
+) -> Result<T, CloudError> {
+    let clouds = &state.config.clouds;
+    let unavailable = |e: &dyn std::fmt::Display| CloudError::new(CloudErrorKind::Transient, "database", e.to_string());
+    if let Some((_, settings)) = clouds.region(account, region) {
+        let bucket = settings.rate_limits.other_calls;
+        loop {
+            let mut conn = state.pool.get().await.map_err(|e| unavailable(&e))?;
+            let wait = db::clouds::take_tokens(&mut conn, account, region, "other_calls", bucket, 1.0, Utc::now())
+                .await
+                .map_err(|e| unavailable(&e))?;
+            drop(conn);
+            if wait.is_zero() {
+                break;
+            }
+            tokio::time::sleep(wait.to_std().unwrap_or_default().min(StdDuration::from_secs(5))).await;
+        }
+    }
+    let limit = StdDuration::from_secs(clouds.attempt_timeout_secs);
+    let result = match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(CloudError::timed_out(operation, limit)),
+    };
+    if let Ok(mut conn) = state.pool.get().await {
+        let _ = db::clouds::count_call(&mut conn, account, region, operation, outcome(&result)).await;
+    }
+    result
+}
+
+/// How a cloud call went, for `cloud_calls`.
+pub fn outcome<T>(result: &Result<T, CloudError>) -> CallOutcome<'_> {
+    match result {
+        Ok(_) => CallOutcome::Ok,
+        Err(e) => CallOutcome::Failed { throttled: e.kind == CloudErrorKind::Throttled, error: &e.message },
+    }
+}
+
 /// For tests: one pass of the worker, now.
 pub async fn pass_now(state: &AppState) -> anyhow::Result<PassReport> {
     Worker { state: state.clone(), digests: HashMap::new() }.pass().await
 }
-
-/// Shared, so the state can hand the same bell to the scheduler and the worker.
-pub type Bell = Arc<CloudBell>;

@@ -14,7 +14,7 @@ use crate::db::{self, DbConn};
 use crate::error::ApiError;
 use crate::heartbeats::HeartbeatIngest;
 use crate::probe::{self, SshLimits, SshProber};
-use crate::provisioner::{self, CloudBell};
+use crate::provisioner;
 use crate::scheduler::Scheduler;
 use crate::work::WorkBell;
 
@@ -36,7 +36,7 @@ pub struct AppState {
     /// The cloud providers, one per configured account and region (tests inject emulated ones).
     pub clouds: Arc<Clouds>,
     /// Wakes this replica's cloud worker (placement wrote intents).
-    pub cloud_bell: Arc<CloudBell>,
+    pub cloud_bell: Arc<tokio::sync::Notify>,
     ssh_key: Arc<OnceCell<SshKey>>,
 }
 
@@ -57,7 +57,7 @@ impl AppState {
     /// providers, usually `Clouds::from_config`.
     pub fn new(pool: db::Pool, config: Config, clouds: Clouds) -> Self {
         let config = Arc::new(config);
-        let cloud_bell = Arc::new(CloudBell::default());
+        let cloud_bell = Arc::new(tokio::sync::Notify::new());
         let state = Self {
             tokens: Arc::new(TokenKeys::new(&config)),
             openapi_json: crate::routes::openapi_json().into(),

@@ -157,6 +157,9 @@ ALTER TABLE leases
     ADD COLUMN cloud_instance_id uuid REFERENCES cloud_instances (id);
 
 -- A cloud instance bound to a waiting lease is that lease's, not the pool's: placement reads
--- the bindings, so a change to them is a change to what it reads.
+-- the bindings and states, so a change to them is a change to what it reads. Row by row, and
+-- only when a value changed (a statement trigger would fire for statements that change nothing).
 CREATE TRIGGER cloud_instances_placement_epoch
-    AFTER UPDATE OF lease_id, state ON cloud_instances FOR EACH STATEMENT EXECUTE FUNCTION bump_placement_epoch();
+    AFTER UPDATE OF lease_id, state ON cloud_instances FOR EACH ROW
+    WHEN (OLD.lease_id IS DISTINCT FROM NEW.lease_id OR OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION bump_placement_epoch();

@@ -54,8 +54,9 @@ impl CloudError {
 }
 
 /// One launch call: `count` instances of one flavour and image, all with the same tags and
-/// user data, made idempotent by `client_token`.
-#[derive(Debug, Clone)]
+/// user data, made idempotent by `client_token`. Its `Debug` leaves the user data out: it
+/// holds the launch's secret.
+#[derive(Clone)]
 pub struct LaunchSpec {
     /// Recorded before the call; the same token never launches twice, and is never reused
     /// for another flavour, zone or market.
@@ -69,6 +70,21 @@ pub struct LaunchSpec {
     pub tags: BTreeMap<String, String>,
     /// The cloud-init document, as text (providers encode it as their API wants).
     pub user_data: String,
+}
+
+impl std::fmt::Debug for LaunchSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchSpec")
+            .field("client_token", &self.client_token)
+            .field("name", &self.name)
+            .field("count", &self.count)
+            .field("flavour", &self.flavour)
+            .field("image", &self.image)
+            .field("market", &self.market)
+            .field("tags", &self.tags)
+            .field("user_data", &"***")
+            .finish()
+    }
 }
 
 /// What a launch call achieved.
@@ -199,6 +215,26 @@ impl Clouds {
     }
 }
 
+/// The name Fleetyard gives the instances of a launch: the platform, and the end of the
+/// launch's id (with `-0001`... when a vendor numbers a batch's instances).
+pub fn instance_name(platform: &str, launch: uuid::Uuid) -> String {
+    let simple = launch.simple().to_string();
+    format!("{platform}-{}", &simple[simple.len() - 12..])
+}
+
+/// Whether `name` is one [`instance_name`] gave for `platform` (where labels bind late, as on
+/// CTyun, the name is how Fleetyard recognises its own instances).
+pub fn is_instance_name(platform: &str, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(platform).and_then(|r| r.strip_prefix('-')) else { return false };
+    let (id, number) = match rest.split_once('-') {
+        Some((id, number)) => (id, Some(number)),
+        None => (rest, None),
+    };
+    id.len() == 12
+        && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && number.is_none_or(|n| n.len() == 4 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Shared by the REST providers: what a reqwest failure means.
 pub(crate) fn transport_error(e: reqwest::Error) -> CloudError {
     let code = if e.is_timeout() {
@@ -215,4 +251,21 @@ pub(crate) fn transport_error(e: reqwest::Error) -> CloudError {
 /// every two seconds.
 pub(crate) fn poll_delay(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(4)).min(2_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_names_fleetyard_gives_are_recognised_as_its_own() {
+        let launch = uuid::Uuid::now_v7();
+        let name = instance_name("fleetyard", launch);
+        assert!(is_instance_name("fleetyard", &name));
+        assert!(is_instance_name("fleetyard", &format!("{name}-0003")), "a batch's numbered instance");
+        assert!(!is_instance_name("fleetyard", "fleetyard-web"), "an ops server");
+        assert!(!is_instance_name("fleetyard", &name.replace("fleetyard", "fleetyard-staging")));
+        assert!(!is_instance_name("fleetyard-staging", &name), "another deployment's");
+        assert!(!is_instance_name("fleetyard", &format!("{name}-extra")));
+    }
 }

@@ -254,6 +254,23 @@ impl CloudsConfig {
                 bail!("clouds account `{name}`: max_instances must not be negative");
             }
             for region in &account.regions {
+                let limits = &region.rate_limits;
+                for (which, bucket) in [
+                    ("launch_calls", limits.launch_calls),
+                    ("launch_instances", limits.launch_instances),
+                    ("other_calls", limits.other_calls),
+                ] {
+                    if !(bucket.burst >= 1.0
+                        && bucket.per_sec > 0.0
+                        && bucket.burst.is_finite()
+                        && bucket.per_sec.is_finite())
+                    {
+                        bail!(
+                            "clouds account `{name}`, region `{}`: rate_limits.{which} needs burst ≥ 1 and per_sec > 0",
+                            region.name
+                        );
+                    }
+                }
                 if account.provider == CloudProvider::HuaweiCloud && region.project_id.is_none() {
                     bail!("clouds account `{name}`, region `{}`: Huawei Cloud needs a project_id", region.name);
                 }

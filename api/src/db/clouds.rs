@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::schema::{
     cloud_calls, cloud_imports, cloud_instances, cloud_launches, cloud_rate_buckets, cloud_unavailable,
 };
-use crate::domain::cloud::{Bucket, CloudErrorKind, InstanceState, LaunchState, Market, Unavailable};
+use crate::domain::cloud::{Bucket, CloudErrorKind, InstanceState, LaunchState, Market, Offer, OfferKey, Unavailable};
 use crate::domain::{Arch, CloudProvider, LeaseId, MachineId, UserId};
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
@@ -112,6 +112,83 @@ pub struct NewCloudLaunch {
     pub calls: i32,
 }
 
+impl CloudInstance {
+    /// The offer it is an instance of.
+    pub fn offer_key(&self) -> OfferKey {
+        OfferKey {
+            account: self.account.clone(),
+            region: self.region.clone(),
+            flavour: self.flavour.clone(),
+            market: self.market,
+        }
+    }
+}
+
+impl NewCloudInstance {
+    /// An instance of `offer`, requested (paid by `tenant`, for `lease`; neither for the warm
+    /// pool).
+    pub fn requested(offer: &Offer, tenant: Option<&str>, lease: Option<LeaseId>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            state: InstanceState::Requested,
+            account: offer.account.clone(),
+            provider: offer.provider,
+            region: offer.region.clone(),
+            flavour: offer.flavour.clone(),
+            market: offer.market,
+            arch: offer.arch,
+            cores: offer.cores,
+            memory_mib: offer.memory_mib,
+            disk_gib: offer.disk_gib,
+            hourly_micros: offer.hourly_micros,
+            tenant: tenant.map(str::to_owned),
+            lease_id: lease,
+            provider_id: None,
+            machine_id: None,
+            imported: false,
+            launched_at: None,
+            ready_at: None,
+        }
+    }
+}
+
+/// An arbitrary constant: the advisory lock of the warm pool's bookkeeping.
+const WARM_POOL_LOCK: i64 = 0x466c_6565_7457_726d; // "FleetWrm"
+
+/// Waits for the warm pool's lock, held until the transaction ends.
+pub async fn lock_warm_pool(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    diesel::sql_query(format!("SELECT pg_advisory_xact_lock({WARM_POOL_LOCK})")).execute(conn).await.map(drop)
+}
+
+/// Up to `count` of an offer's ready warm-pool instances, oldest first.
+pub async fn warm_ready(
+    conn: &mut AsyncPgConnection,
+    offer: &(String, String, String, Market),
+    count: i64,
+) -> QueryResult<Vec<Uuid>> {
+    diesel::sql_query(
+        "SELECT id FROM cloud_instances i
+         WHERE account = $1 AND region = $2 AND flavour = $3 AND market = $4 AND state = 'ready'
+           AND lease_id IS NULL AND NOT imported
+           AND NOT EXISTS (SELECT 1 FROM leases u WHERE u.cloud_instance_id = i.id)
+         ORDER BY id LIMIT $5",
+    )
+    .bind::<Text, _>(&offer.0)
+    .bind::<Text, _>(&offer.1)
+    .bind::<Text, _>(&offer.2)
+    .bind::<Text, _>(offer.3)
+    .bind::<BigInt, _>(count)
+    .load::<IdRow>(conn)
+    .await
+    .map(|rows| rows.into_iter().map(|r| r.id).collect())
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+}
+
 // ---- Instances -----------------------------------------------------------------------------
 
 pub async fn insert_instances(conn: &mut AsyncPgConnection, rows: &[NewCloudInstance]) -> QueryResult<usize> {
@@ -139,16 +216,6 @@ pub async fn waited_for_by(conn: &mut AsyncPgConnection, lease: LeaseId) -> Quer
     cloud_instances::table
         .filter(cloud_instances::lease_id.eq(lease))
         .order(cloud_instances::id.desc())
-        .select(CloudInstance::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
-
-/// The instance a machine is, if it is one.
-pub async fn of_machine(conn: &mut AsyncPgConnection, machine: MachineId) -> QueryResult<Option<CloudInstance>> {
-    cloud_instances::table
-        .filter(cloud_instances::machine_id.eq(machine))
         .select(CloudInstance::as_select())
         .first(conn)
         .await
@@ -185,17 +252,17 @@ pub async fn list_instances(
     query.order(cloud_instances::id.desc()).limit(page.fetch_limit()).load(conn).await
 }
 
-/// Requested instances, locked for this replica to launch (others skip them), oldest first.
+/// Requested instances still wanted (for the warm pool, or for a lease still queued), locked
+/// for this replica to launch (others skip them), oldest first.
 pub async fn claim_requested(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<CloudInstance>> {
-    cloud_instances::table
-        .filter(cloud_instances::state.eq(InstanceState::Requested))
-        .order(cloud_instances::created_at.asc())
-        .limit(limit)
-        .select(CloudInstance::as_select())
-        .for_update()
-        .skip_locked()
-        .load(conn)
-        .await
+    diesel::sql_query(
+        "SELECT i.* FROM cloud_instances i LEFT JOIN leases l ON l.id = i.lease_id
+         WHERE i.state = 'requested' AND (i.lease_id IS NULL OR l.state = 'queued')
+         ORDER BY i.created_at LIMIT $1 FOR UPDATE OF i SKIP LOCKED",
+    )
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
 }
 
 /// Moves instances into a launch: its call may be made once this commits.
@@ -224,6 +291,14 @@ pub async fn of_launch(conn: &mut AsyncPgConnection, launch: Uuid) -> QueryResul
         .select(CloudInstance::as_select())
         .for_update()
         .load(conn)
+        .await
+}
+
+/// Keeps a launch's secret working at least until `until` (its instances' boot deadline).
+pub async fn keep_secret_until(conn: &mut AsyncPgConnection, launch: Uuid, until: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::update(cloud_launches::table.find(launch).filter(cloud_launches::secret_expires_at.lt(until)))
+        .set(cloud_launches::secret_expires_at.eq(until))
+        .execute(conn)
         .await
 }
 
@@ -352,7 +427,7 @@ pub async fn claim_terminating(conn: &mut AsyncPgConnection, secs: i64) -> Query
 pub async fn booted(conn: &mut AsyncPgConnection, lock: bool) -> QueryResult<Vec<CloudInstance>> {
     diesel::sql_query(format!(
         "SELECT i.* FROM cloud_instances i JOIN machines m ON m.id = i.machine_id
-         WHERE i.state = 'booting' AND m.health = 'healthy' {}",
+         WHERE i.state = 'booting' AND m.health = 'healthy' AND m.lifecycle = 'onboarding' {}",
         if lock { "FOR UPDATE OF i SKIP LOCKED" } else { "" }
     ))
     .load(conn)
@@ -374,10 +449,14 @@ pub async fn set_ready(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResul
         .await
 }
 
-/// Instances whose lease no longer needs them, in three kinds:
+/// Instances no lease needs any more, in four kinds:
 /// - `requested` for a lease that is no longer queued: never launched;
 /// - `ready`, used (a lease was granted on it) and holding no granted lease: its lease ended;
-/// - `ready`, never used, bound to a lease that is no longer queued: nobody is waiting for it.
+/// - `ready`, never used, bound to a lease that is no longer queued: nobody is waiting for it;
+/// - `booting` or `ready` whose machine ops retired, or `ready` whose agent fell silent
+///   (`broken`): of no use to anyone.
+///
+/// Imported servers are never among them.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Unneeded {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
@@ -386,6 +465,8 @@ pub struct Unneeded {
     pub state: InstanceState,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub used: bool,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub broken: bool,
     #[diesel(sql_type = Text)]
     pub account: String,
     #[diesel(sql_type = Text)]
@@ -398,25 +479,30 @@ pub struct Unneeded {
 
 pub async fn unneeded(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Unneeded>> {
     diesel::sql_query(
-        "SELECT i.id, i.state, i.account, i.region, i.flavour, i.market,
-                EXISTS (SELECT 1 FROM leases u WHERE u.cloud_instance_id = i.id) AS used
-         FROM cloud_instances i LEFT JOIN leases l ON l.id = i.lease_id
-         WHERE NOT i.imported AND (
-               (i.state = 'requested' AND i.lease_id IS NOT NULL AND l.state <> 'queued')
-            OR (i.state = 'ready' AND NOT EXISTS (
-                    SELECT 1 FROM leases g WHERE g.machine_id = i.machine_id AND g.state = 'granted')
-                AND (EXISTS (SELECT 1 FROM leases u WHERE u.cloud_instance_id = i.id)
-                     OR (i.lease_id IS NOT NULL AND l.state <> 'queued'))))
-         FOR UPDATE OF i SKIP LOCKED",
+        "SELECT * FROM (
+             SELECT i.id, i.state, i.account, i.region, i.flavour, i.market,
+                    EXISTS (SELECT 1 FROM leases u WHERE u.cloud_instance_id = i.id) AS used,
+                    (m.lifecycle = 'retired' OR (i.state = 'ready' AND m.health = 'unreachable')) AS broken,
+                    l.state AS lease_state,
+                    EXISTS (SELECT 1 FROM leases g WHERE g.machine_id = i.machine_id AND g.state = 'granted') AS serving
+             FROM cloud_instances i
+             LEFT JOIN leases l ON l.id = i.lease_id
+             LEFT JOIN machines m ON m.id = i.machine_id
+             WHERE NOT i.imported AND i.state IN ('requested', 'booting', 'ready')
+         ) c
+         WHERE (c.state = 'requested' AND c.lease_state IS NOT NULL AND c.lease_state <> 'queued')
+            OR (c.state <> 'requested' AND c.broken IS TRUE AND NOT c.serving)
+            OR (c.state = 'ready' AND NOT c.serving AND (c.used OR (c.lease_state IS NOT NULL AND c.lease_state <> 'queued')))",
     )
     .load(conn)
     .await
 }
 
-/// Lets go of an unused instance's lease: it joins the warm pool.
+/// Lets go of an unused instance's lease: it joins the warm pool, and nobody pays for it until
+/// a lease takes it.
 pub async fn unbind(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
     diesel::update(cloud_instances::table.filter(cloud_instances::id.eq_any(ids)))
-        .set(cloud_instances::lease_id.eq(None::<LeaseId>))
+        .set((cloud_instances::lease_id.eq(None::<LeaseId>), cloud_instances::tenant.eq(None::<String>)))
         .execute(conn)
         .await
 }
@@ -451,6 +537,17 @@ pub async fn note_grants(conn: &mut AsyncPgConnection, leases: &[LeaseId]) -> Qu
         return Ok(0);
     }
     let ids: Vec<Uuid> = leases.iter().map(|l| l.0).collect();
+    // A lease given another machine lets go of the instance it was waiting for (a lease holds
+    // at most one): that one joins the warm pool, or is terminated, as unneeded.
+    diesel::sql_query(
+        "UPDATE cloud_instances i SET lease_id = NULL
+         FROM leases l
+         WHERE i.lease_id = l.id AND l.id = ANY ($1) AND i.ended_at IS NULL
+           AND i.machine_id IS DISTINCT FROM l.machine_id",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
+    .execute(conn)
+    .await?;
     diesel::sql_query(
         "WITH g AS (
              UPDATE leases l SET cloud_instance_id = i.id, cloud_note = NULL
@@ -477,7 +574,6 @@ pub async fn known_in(conn: &mut AsyncPgConnection, account: &str, region: &str)
                 .or(cloud_instances::ended_at.gt(Utc::now() - chrono::Duration::days(1))),
         )
         .select(CloudInstance::as_select())
-        .for_update()
         .load(conn)
         .await
 }
@@ -534,7 +630,8 @@ pub async fn spending(
         "SELECT i.tenant, i.hourly_micros, coalesce(i.launched_at, i.created_at) AS since, i.ended_at,
                 l.duration_secs AS lease_secs
          FROM cloud_instances i LEFT JOIN leases l ON l.id = i.lease_id
-         WHERE i.tenant = ANY ($1) AND NOT i.imported AND (i.ended_at IS NULL OR i.ended_at >= $2)",
+         WHERE i.tenant = ANY ($1) AND NOT i.imported AND i.state <> 'failed'
+           AND (i.ended_at IS NULL OR i.ended_at >= $2)",
     )
     .bind::<Array<Text>, _>(tenants)
     .bind::<diesel::sql_types::Timestamptz, _>(month_start)
@@ -573,16 +670,25 @@ pub async fn billed_since(conn: &mut AsyncPgConnection, month_start: DateTime<Ut
 
 // ---- Launches ------------------------------------------------------------------------------
 
-pub async fn insert_launch(conn: &mut AsyncPgConnection, launch: &NewCloudLaunch) -> QueryResult<CloudLaunch> {
-    diesel::insert_into(cloud_launches::table)
+/// Records a launch, claimed for `claim_secs` by the database's clock (which every replica's
+/// claims are compared with).
+pub async fn insert_launch(
+    conn: &mut AsyncPgConnection,
+    launch: &NewCloudLaunch,
+    claim_secs: i64,
+) -> QueryResult<CloudLaunch> {
+    let id = diesel::insert_into(cloud_launches::table)
         .values(launch)
-        .returning(CloudLaunch::as_returning())
-        .get_result(conn)
-        .await
-}
-
-pub async fn find_launch(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<CloudLaunch>> {
-    cloud_launches::table.find(id).select(CloudLaunch::as_select()).first(conn).await.optional()
+        .returning(cloud_launches::id)
+        .get_result::<Uuid>(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE cloud_launches SET claimed_until = now() + make_interval(secs => $2) WHERE id = $1 RETURNING *",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<BigInt, _>(claim_secs)
+    .get_result(conn)
+    .await
 }
 
 /// Launches whose call was left mid-way (a replica died, or timed out), claimed to resume
@@ -763,15 +869,15 @@ pub async fn take_launch_tokens(
     conn: &mut AsyncPgConnection,
     account: &str,
     region: &str,
-    limits: &crate::config::clouds::RateLimits,
+    (call_bucket, instance_bucket): (Bucket, Bucket),
     instances: f64,
     now: DateTime<Utc>,
 ) -> QueryResult<chrono::Duration> {
-    let calls = take_tokens(conn, account, region, "launch_calls", limits.launch_calls, 1.0, now).await?;
+    let calls = take_tokens(conn, account, region, "launch_calls", call_bucket, 1.0, now).await?;
     if !calls.is_zero() {
         return Ok(calls);
     }
-    let wait = take_tokens(conn, account, region, "launch_instances", limits.launch_instances, instances, now).await?;
+    let wait = take_tokens(conn, account, region, "launch_instances", instance_bucket, instances, now).await?;
     if !wait.is_zero() {
         // Give the call's token back: no call is made.
         diesel::update(cloud_rate_buckets::table.find((account, region, "launch_calls")))

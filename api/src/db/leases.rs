@@ -460,15 +460,17 @@ fn candidates_of(rows: Vec<MachineRow>) -> Vec<Candidate> {
 }
 
 /// Machines that could take a lease right now (ready, healthy, not quarantined, not leased,
-/// and not a cloud instance launched for a lease still waiting for it, nor one on its way
-/// out), with how a holder would reach each.
+/// and not a cloud instance launched for a lease still waiting for it, one that served a
+/// lease already, or one on its way out), with how a holder would reach each.
 pub async fn free_machines(conn: &mut AsyncPgConnection) -> QueryResult<(Vec<Candidate>, Vec<Option<Connection>>)> {
     let rows: Vec<MachineRow> = diesel::sql_query(format!(
         "SELECT {MACHINE_COLUMNS}
          WHERE m.lifecycle = 'ready' AND m.health = 'healthy' AND m.quarantined_at IS NULL
            AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.machine_id = m.id AND l.state = 'granted')
            AND NOT EXISTS (SELECT 1 FROM cloud_instances i LEFT JOIN leases w ON w.id = i.lease_id
-                           WHERE i.machine_id = m.id AND (w.state = 'queued' OR i.state <> 'ready'))"
+                           WHERE i.machine_id = m.id AND (w.state = 'queued' OR i.state <> 'ready'
+                               OR (NOT i.imported AND EXISTS (
+                                   SELECT 1 FROM leases u WHERE u.cloud_instance_id = i.id))))"
     ))
     .load(conn)
     .await?;

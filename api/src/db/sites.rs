@@ -111,21 +111,26 @@ pub async fn cloud_region(conn: &mut AsyncPgConnection, provider: CloudProvider,
     if let Some(site) = existing().first(conn).await.optional()? {
         return Ok(site);
     }
-    let name = format!("{provider} {region}");
-    diesel::insert_into(sites::table)
-        .values(&NewSite {
-            id: SiteId::generate(),
-            name: &name,
-            kind: SiteKind::CloudRegion,
-            donor_id: None,
-            cloud_provider: Some(provider),
-            cloud_region: Some(region),
-            address: None,
-            country: None,
-            time_zone: "UTC",
-        })
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
+    // The plain name, or (when another site took it) one that says what it is.
+    for name in [format!("{provider} {region}"), format!("{provider} {region} (cloud region)")] {
+        diesel::insert_into(sites::table)
+            .values(&NewSite {
+                id: SiteId::generate(),
+                name: &name,
+                kind: SiteKind::CloudRegion,
+                donor_id: None,
+                cloud_provider: Some(provider),
+                cloud_region: Some(region),
+                address: None,
+                country: None,
+                time_zone: "UTC",
+            })
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        if let Some(site) = existing().first(conn).await.optional()? {
+            return Ok(site);
+        }
+    }
     existing().first(conn).await
 }

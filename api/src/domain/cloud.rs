@@ -55,18 +55,6 @@ text_enum! {
     }
 }
 
-impl InstanceState {
-    /// Whether the instance may exist in the cloud (and cost money).
-    pub fn may_exist(self) -> bool {
-        matches!(self, Self::Launching | Self::Booting | Self::Ready | Self::Terminating)
-    }
-
-    /// Whether the instance still counts against its account's cap.
-    pub fn is_open(self) -> bool {
-        matches!(self, Self::Requested | Self::Launching | Self::Booting | Self::Ready | Self::Terminating)
-    }
-}
-
 text_enum! {
     /// The kinds of cloud failure that decide what happens next. Each provider maps its own
     /// error codes onto these.
@@ -270,11 +258,15 @@ pub fn choose<'a>(
     }
     let usable: Vec<&Offer> = fitting.iter().copied().filter(|o| !unavailable.iter().any(|u| u.covers(o))).collect();
     if usable.is_empty() {
-        let why = unavailable.iter().find(|u| fitting.iter().any(|o| u.covers(o))).map(|u| u.reason.as_str());
+        // What tenants read: the kinds of failure, not the vendors' messages (ops see those).
+        let covering: Vec<&Unavailable> = unavailable.iter().filter(|u| fitting.iter().any(|o| u.covers(o))).collect();
+        let mut kinds: Vec<&str> = covering.iter().map(|u| u.kind.as_str()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
         return Err(NoCloud::NotNow(format!(
-            "every cloud offer that fits failed recently ({}); retrying after {}",
-            why.unwrap_or("unavailable"),
-            unavailable.iter().map(|u| u.until).min().map(|t| t.to_rfc3339()).unwrap_or_default()
+            "every cloud offer that fits failed recently ({}); trying again from {}",
+            kinds.join(", "),
+            covering.iter().map(|u| u.until).min().map(|t| t.to_rfc3339()).unwrap_or_default()
         )));
     }
     let with_room: Vec<&Offer> =
@@ -384,6 +376,26 @@ pub struct Spend {
     pub lease: Option<Duration>,
 }
 
+/// The first instant of the month `now` is in (UTC): budgets are monthly.
+pub fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{Datelike, TimeZone};
+    Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now)
+}
+
+/// What an instance priced `hourly_micros`, billed from `since` to `ended_at` (or `to`, if it
+/// still runs), cost between `from` and `to`.
+pub fn cost_within(
+    hourly_micros: i64,
+    since: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> i64 {
+    let start = since.max(from);
+    let end = ended_at.unwrap_or(to);
+    if end > start { cost_micros(hourly_micros, end - start) } else { 0 }
+}
+
 /// What instances cost within the month starting `month_start`, plus what those still
 /// running may yet cost (each bounded by its lease and the boot timeout): the part of a
 /// budget that is spent or promised.
@@ -391,9 +403,7 @@ pub fn month_spend(items: &[Spend], month_start: DateTime<Utc>, now: DateTime<Ut
     items
         .iter()
         .map(|i| {
-            let end = i.ended_at.unwrap_or(now);
-            let start = i.since.max(month_start);
-            let spent = if end > start { cost_micros(i.hourly_micros, end - start) } else { 0 };
+            let spent = cost_within(i.hourly_micros, i.since, i.ended_at, month_start, now);
             let promised = match (i.ended_at, i.lease) {
                 (None, Some(lease)) => {
                     let bound = cost_micros(i.hourly_micros, lease + boot_timeout);
@@ -444,8 +454,8 @@ impl Bucket {
 
 /// What an agent on a fresh cloud instance needs to join: where the server is, where to get
 /// the agent for its architecture (and the digest it must have), the launch's secret, and the
-/// account lease holders log in as.
-#[derive(Debug, Clone)]
+/// account lease holders log in as. (No `Debug`: it holds the launch's secret.)
+#[derive(Clone)]
 pub struct Bootstrap<'a> {
     pub server_url: &'a str,
     pub agent_url: &'a str,

@@ -52,8 +52,8 @@ pub fn new_enrollment_secret() -> (String, Vec<u8>) {
 
 /// One of two ways to enroll: a machine's one-time `token`, or, on a cloud instance
 /// Fleetyard launched, its launch's `launch_secret` (from the user data) with the
-/// `instance_id` the cloud gave it.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `instance_id` the cloud gave it. (No `Debug`: it holds secrets.)
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The one-time enrollment token.

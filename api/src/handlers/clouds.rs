@@ -5,16 +5,20 @@
 use std::collections::{BTreeMap, HashMap};
 
 use actix_web::{HttpResponse, get, post, web};
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{page, page_type, paginate};
 use crate::auth::Principal;
+use crate::db::audit::{self, Change};
 use crate::db::clouds::{CloudImport, CloudInstance};
 use crate::db::{self};
-use crate::domain::cloud::{Bucket, InstanceState, Market, cost_micros};
+use crate::domain::cloud::{
+    Bucket, InstanceState, Market, cost_micros, cost_within as domain_cost_within, month_start,
+};
 use crate::domain::{Arch, CloudProvider, FieldErrors, LeaseId, MachineId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
@@ -26,15 +30,9 @@ pub fn amount(micros: i64) -> f64 {
     micros as f64 / 1_000_000.0
 }
 
-fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now)
-}
-
-/// What an instance cost within [`from`, `to`].
+/// What an instance cost between `from` and `to`.
 fn cost_within(i: &db::clouds::Billed, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
-    let start = i.since.max(from);
-    let end = i.ended_at.unwrap_or(to);
-    if end > start { cost_micros(i.hourly_micros, end - start) } else { 0 }
+    domain_cost_within(i.hourly_micros, i.since, i.ended_at, from, to)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -492,18 +490,27 @@ pub async fn create_cloud_import(
         Principal::Admin { user_id, .. } => Some(*user_id),
         _ => None,
     };
+    let actor = caller.actor();
     let mut conn = state.db().await?;
-    let import = db::clouds::insert_import(
-        &mut conn,
-        Uuid::now_v7(),
-        &request.account,
-        &request.region,
-        &request.instance_ids,
-        request.tag.as_ref().map(|t| (t.key.as_str(), t.value.as_str())),
-        requested_by,
-    )
-    .await?;
-    state.cloud_bell.ring();
+    let import = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let import = db::clouds::insert_import(
+                conn,
+                Uuid::now_v7(),
+                &request.account,
+                &request.region,
+                &request.instance_ids,
+                request.tag.as_ref().map(|t| (t.key.as_str(), t.value.as_str())),
+                requested_by,
+            )
+            .await?;
+            let entry = Change::new("cloud.import_requested", "cloud_import", import.id)
+                .after(&CloudImportView::from(import.clone()));
+            audit::record(conn, &actor, &[entry]).await?;
+            Ok(import)
+        })
+        .await?;
+    state.cloud_bell.notify_one();
     Ok(HttpResponse::Accepted()
         .insert_header(("location", format!("/api/v1/cloud-imports/{}", import.id)))
         .json(CloudImportView::from(import)))

@@ -5,18 +5,18 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use diesel_async::AsyncPgConnection;
 
 use super::Refusal;
 use crate::config::Config;
 use crate::db;
+use crate::db::clouds::NewCloudInstance;
 use crate::db::leases::{Lease, NewLease};
 use crate::domain::cloud::{self as rules, InstanceState, Limits, NoCloud, Placement, Spend, money};
 use crate::domain::placement::{self, Candidate, Demand};
 use crate::domain::{Arch, LeaseId};
 use crate::error::ApiError;
-use crate::provisioner::new_instance;
 
 /// What the burst phase did.
 pub(super) struct Burst {
@@ -56,11 +56,6 @@ pub(super) fn never(config: &Config, inventory: &[Candidate], demand: &Demand) -
         Placement::Cloud => cloud,
         _ => format!("{machines}, and {cloud}"),
     })
-}
-
-/// The first instant of the month `now` is in.
-fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now)
 }
 
 pub(super) async fn run(
@@ -148,7 +143,7 @@ pub(super) async fn run(
             };
             match choice {
                 Ok(offer) => {
-                    intents.push(new_instance(offer, Some(&lease.tenant), Some(lease.id)));
+                    intents.push(NewCloudInstance::requested(offer, Some(&lease.tenant), Some(lease.id)));
                     *limits.room.entry(offer.account.clone()).or_default() -= 1;
                     *budget_left.entry(lease.tenant.clone()).or_insert(budget) -=
                         offer.bound(demand.duration, boot_timeout);
@@ -194,7 +189,7 @@ async fn budgets(
     let mut tenants: Vec<String> = waiting.iter().map(|l| l.tenant.clone()).collect();
     tenants.sort_unstable();
     tenants.dedup();
-    let start = month_start(now);
+    let start = rules::month_start(now);
     let boot_timeout = Duration::seconds(config.clouds.boot_timeout_secs as i64);
     let mut spent: HashMap<String, Vec<Spend>> = HashMap::new();
     for row in db::clouds::spending(conn, &tenants, start).await? {

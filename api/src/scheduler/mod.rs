@@ -46,7 +46,6 @@ use crate::domain::placement::{self, Candidate, Holdings};
 use crate::domain::queue::Waiting;
 use crate::domain::{LeaseId, MachineId};
 use crate::error::ApiError;
-use crate::provisioner::CloudBell;
 
 /// The most requests one round takes in; the rest wait for the next.
 const MAX_BATCH: usize = 2_000;
@@ -82,7 +81,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the scheduler task (needs a tokio runtime). `cloud_bell` wakes the cloud worker
     /// after a round that wrote cloud intents.
-    pub fn start(pool: db::Pool, config: Arc<Config>, cloud_bell: Arc<CloudBell>) -> Self {
+    pub fn start(pool: db::Pool, config: Arc<Config>, cloud_bell: Arc<Notify>) -> Self {
         let (intake, requests) = mpsc::channel(MAX_WAITING);
         let wake = Arc::new(Notify::new());
         let (rounds_tx, rounds) = watch::channel(0);
@@ -119,7 +118,7 @@ async fn run(
     mut requests: mpsc::Receiver<Request>,
     wake: Arc<Notify>,
     rounds: watch::Sender<u64>,
-    cloud_bell: Arc<CloudBell>,
+    cloud_bell: Arc<Notify>,
 ) {
     let tick = Duration::from_millis(config.scheduler_tick_millis);
     let mut snapshot = None;
@@ -147,7 +146,7 @@ async fn run(
         match answers {
             Ok(report) => {
                 if report.cloud_intents > 0 {
-                    cloud_bell.ring();
+                    cloud_bell.notify_one();
                 }
                 for (reply, answer) in replies.into_iter().zip(report.answers) {
                     let _ = reply.send(answer);
@@ -281,8 +280,8 @@ pub async fn round_with(
             }));
             let granted = db::leases::grant(conn, &grants).await?;
             let granted_count = granted.len();
-            if clouds {
-                let ids: Vec<LeaseId> = granted.iter().map(|l| l.id).collect();
+            if clouds && grants.iter().any(|g| g.donation.is_none()) {
+                let ids: Vec<LeaseId> = granted.iter().filter(|l| l.donation_id.is_none()).map(|l| l.id).collect();
                 db::clouds::note_grants(conn, &ids).await?;
             }
             let busy: Vec<MachineId> = granted.iter().filter_map(|l| l.machine_id).collect();

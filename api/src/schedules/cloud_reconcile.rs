@@ -23,10 +23,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::cloud::{self, CloudInstance as Listed, Selector};
-use crate::db::clouds::{CallOutcome, CloudInstance};
+use crate::db::clouds::CloudInstance;
 use crate::db::{self};
 use crate::domain::cloud::{InstanceState, LaunchState};
-use crate::provisioner;
+use crate::provisioner::{self, paced};
 use crate::state::AppState;
 
 #[derive(Debug, Default, Serialize)]
@@ -53,69 +53,46 @@ pub async fn reconcile(state: &AppState) -> anyhow::Result<ReconcileReport> {
     for account in &clouds.accounts {
         for region in &account.regions {
             let Some(provider) = state.clouds.get(&account.name, &region.name) else { continue };
+            let (a, r) = (account.name.as_str(), region.name.as_str());
             report.regions += 1;
-            let listed = provider.list(&Selector::Tag(cloud::TAG_PLATFORM.into(), clouds.platform.clone())).await;
-            let mut conn = state.pool.get().await.context("connecting to the database")?;
-            let listed = match listed {
-                Ok(listed) => {
-                    db::clouds::count_call(&mut conn, &account.name, &region.name, "list", CallOutcome::Ok).await?;
-                    listed
-                }
+            let selector = Selector::Tag(cloud::TAG_PLATFORM.into(), clouds.platform.clone());
+            let listed = match paced(state, a, r, "list", provider.list(&selector)).await {
+                Ok(listed) => listed,
                 Err(e) => {
-                    let outcome = CallOutcome::Failed {
-                        throttled: e.kind == crate::domain::cloud::CloudErrorKind::Throttled,
-                        error: &e.message,
-                    };
-                    db::clouds::count_call(&mut conn, &account.name, &region.name, "list", outcome).await?;
-                    report.errors.push(format!("{}/{}: listing failed: {e}", account.name, region.name));
+                    report.errors.push(format!("{a}/{r}: listing failed: {e}"));
                     continue;
                 }
             };
             // Whatever the listing returned, only what carries this platform's tag (or, where
             // labels bind late, its name) is ours to judge.
-            let listed: Vec<Listed> = listed.into_iter().filter(|i| is_ours(i, &clouds.platform)).collect();
-            report.listed += listed.len();
+            let mut seen: Vec<Listed> = listed.into_iter().filter(|i| is_ours(i, &clouds.platform)).collect();
+            report.listed += seen.len();
             // Imported servers are checked by id: they carry no platform tag.
-            let imported: Vec<String> = db::clouds::known_in(&mut conn, &account.name, &region.name)
+            let mut conn = state.pool.get().await.context("connecting to the database")?;
+            let imported: Vec<String> = db::clouds::known_in(&mut conn, a, r)
                 .await?
                 .into_iter()
-                .filter(|r| r.imported && r.ended_at.is_none())
-                .filter_map(|r| r.provider_id)
+                .filter(|row| row.imported && row.ended_at.is_none())
+                .filter_map(|row| row.provider_id)
                 .collect();
             drop(conn);
-            let mut seen = listed;
             if !imported.is_empty() {
-                match provider.list(&Selector::Ids(imported)).await {
+                match paced(state, a, r, "list", provider.list(&Selector::Ids(imported))).await {
                     Ok(found) => seen.extend(found),
                     Err(e) => {
-                        report
-                            .errors
-                            .push(format!("{}/{}: listing imported servers failed: {e}", account.name, region.name));
+                        report.errors.push(format!("{a}/{r}: listing imported servers failed: {e}"));
                         continue;
                     }
                 }
             }
-            let orphans = settle_region(state, &account.name, &region.name, &seen, &mut report).await?;
+            let orphans = settle_region(state, a, r, &seen, &mut report).await?;
             if !orphans.is_empty() {
-                let outcome = provider.terminate(&orphans).await;
-                let mut conn = state.pool.get().await.context("connecting to the database")?;
-                match outcome {
+                match paced(state, a, r, "terminate", provider.terminate(&orphans)).await {
                     Ok(()) => {
-                        db::clouds::count_call(&mut conn, &account.name, &region.name, "terminate", CallOutcome::Ok)
-                            .await?;
                         report.orphans_terminated += orphans.len();
-                        tracing::info!(account = %account.name, region = %region.name, ?orphans, "terminated orphaned instances");
+                        tracing::info!(account = %a, region = %r, ?orphans, "terminated orphaned instances");
                     }
-                    Err(e) => {
-                        let outcome = CallOutcome::Failed {
-                            throttled: e.kind == crate::domain::cloud::CloudErrorKind::Throttled,
-                            error: &e.message,
-                        };
-                        db::clouds::count_call(&mut conn, &account.name, &region.name, "terminate", outcome).await?;
-                        report
-                            .errors
-                            .push(format!("{}/{}: terminating orphans failed: {e}", account.name, region.name));
-                    }
+                    Err(e) => report.errors.push(format!("{a}/{r}: terminating orphans failed: {e}")),
                 }
             }
         }
@@ -131,7 +108,7 @@ pub async fn reconcile(state: &AppState) -> anyhow::Result<ReconcileReport> {
 fn is_ours(instance: &Listed, platform: &str) -> bool {
     match instance.tags.get(cloud::TAG_PLATFORM) {
         Some(value) => value == platform,
-        None => instance.name.as_deref().is_some_and(|n| n.starts_with(&format!("{platform}-"))),
+        None => instance.name.as_deref().is_some_and(|n| cloud::is_instance_name(platform, n)),
     }
 }
 
@@ -182,7 +159,8 @@ async fn settle_region(
             let mut adopted = 0;
             for (launch, ids) in to_adopt {
                 let Some(current) = db::clouds::lock_launch(conn, launch).await? else { continue };
-                if current.state != LaunchState::Calling {
+                // Another replica may have resumed it since the first look: then it is theirs.
+                if current.state != LaunchState::Calling || current.claimed_until.is_some_and(|t| t > Utc::now()) {
                     continue;
                 }
                 let rows: Vec<CloudInstance> = db::clouds::of_launch(conn, launch)

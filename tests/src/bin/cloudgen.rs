@@ -382,7 +382,7 @@ async fn reconcile(
         let rows: Vec<_> = chunk
             .iter()
             .map(|id| {
-                let mut row = fleetyard::provisioner::new_instance(
+                let mut row = db::clouds::NewCloudInstance::requested(
                     &fleetyard::domain::cloud::Offer {
                         account: account.clone(),
                         provider: fleetyard::domain::CloudProvider::Aws,

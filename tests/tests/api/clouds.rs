@@ -18,11 +18,15 @@ use fleetyard_tests::{Response, TestApp};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-/// The key files every test account reads its credentials from.
+/// The key files every test account reads its credentials from, and the agent binaries the
+/// server hands out (the booter runs the real agent; these only need a digest).
 fn key_files() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ak"), ACCESS_KEY).unwrap();
     std::fs::write(dir.path().join("sk"), SECRET_KEY).unwrap();
+    for arch in ["x86_64", "aarch64"] {
+        std::fs::write(dir.path().join(format!("fleetyard-agent-{arch}")), format!("agent for {arch}")).unwrap();
+    }
     dir
 }
 
@@ -113,6 +117,7 @@ async fn clouds(adjust: impl FnOnce(&mut Config)) -> Clouds {
     let app = TestApp::spawn_at(|config, url| {
         let c = &mut config.clouds;
         c.agent_server_url = url.to_owned();
+        c.agent_binaries_dir = Some(keys.path().to_owned());
         c.batch_window_millis = 200;
         c.boot_timeout_secs = 60;
         c.attempt_timeout_secs = 10;

@@ -165,12 +165,15 @@ impl Ctyun {
             Err(e) if e.code == "HTTP404" || e.code.ends_with("ApiNotFound") => {}
             other => return other,
         }
+        // What was made before a failure is returned: the caller keeps it (a partial batch).
         let mut ids = Vec::new();
         for i in 0..count {
             let name = format!("{}-{:04}", spec.name, i + 1);
-            match self.create_with(spec, "/v4/ecs/create-instance", &format!("{token}-{i}"), &name, None).await? {
-                Some(more) => ids.extend(more),
-                None => return Ok(None),
+            match self.create_with(spec, "/v4/ecs/create-instance", &format!("{token}-{i}"), &name, None).await {
+                Ok(Some(more)) => ids.extend(more),
+                Ok(None) if ids.is_empty() => return Ok(None),
+                Err(e) if ids.is_empty() => return Err(e),
+                Ok(None) | Err(_) => break,
             }
         }
         Ok(Some(ids))
@@ -347,26 +350,42 @@ impl Provider for Ctyun {
                     body["instanceIDList"] = json!(ids);
                 }
                 let answer = self.call(Method::POST, "/v4/ecs/list-instances", &[], Some(&body)).await?;
-                let results = answer["results"].as_array().cloned().unwrap_or_default();
+                // A listing that cannot be read is an error, never an empty cloud.
+                let results = answer["results"].as_array().cloned().ok_or_else(|| {
+                    CloudError::new(CloudErrorKind::Transient, "unreadable-list", "the instance list had no `results`")
+                })?;
                 found.extend(results.iter().filter_map(instance));
-                if results.len() < PAGE {
+                let done = match answer["totalPage"].as_u64() {
+                    Some(pages) => page as u64 >= pages,
+                    None => results.len() < PAGE,
+                };
+                if done || results.is_empty() {
                     break;
                 }
             }
         }
         if let Selector::Tag(key, value) = selector {
-            // The platform's name also starts every instance name Fleetyard gives.
-            let prefix = format!("{value}-");
+            // Listings carry no labels: the platform's instances are known by the names
+            // Fleetyard gives them.
             found.retain(|i| {
                 i.tags.get(key) == Some(value)
-                    || (key == super::TAG_PLATFORM && i.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+                    || (key == super::TAG_PLATFORM
+                        && i.name.as_deref().is_some_and(|n| super::is_instance_name(value, n)))
             });
         }
         Ok(found)
     }
 
-    async fn tag(&self, _instance_id: &str, _tags: &BTreeMap<String, String>) -> Result<(), CloudError> {
-        // Every CTyun instance is launched alone, with all its labels in the create call.
+    /// Binds labels to one instance (`batch-operate-label`).
+    async fn tag(&self, instance_id: &str, tags: &BTreeMap<String, String>) -> Result<(), CloudError> {
+        let labels: Vec<Value> = tags.iter().map(|(k, v)| json!({ "labelKey": k, "labelValue": v })).collect();
+        let body = json!({
+            "regionID": self.region.name,
+            "instanceIDList": instance_id,
+            "operateType": "BIND",
+            "labelList": labels,
+        });
+        self.call(Method::POST, "/v4/ecs/batch-operate-label", &[], Some(&body)).await?;
         Ok(())
     }
 

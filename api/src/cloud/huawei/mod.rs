@@ -328,9 +328,18 @@ impl Provider for Huawei {
                 query.push(("limit".into(), LIMIT.to_string()));
                 query.push(("offset".into(), page.to_string()));
                 let answer = self.call(Method::GET, &self.path("cloudservers/detail"), &query, None, None).await?;
-                let servers = answer["servers"].as_array().cloned().unwrap_or_default();
+                // A listing that cannot be read is an error, never an empty cloud.
+                let servers = answer["servers"].as_array().cloned().ok_or_else(|| {
+                    CloudError::new(CloudErrorKind::Transient, "unreadable-list", "the server list had no `servers`")
+                })?;
+                let before = found.len();
                 found.extend(servers.iter().filter_map(server));
-                if servers.len() < LIMIT {
+                let total = answer["count"].as_u64().map(|c| c as usize);
+                let done = match total {
+                    Some(total) => found.len() - before == 0 || page * LIMIT >= total,
+                    None => servers.len() < LIMIT,
+                };
+                if done {
                     break;
                 }
             }

@@ -306,7 +306,10 @@ impl Worker {
     async fn record_launch(&self, launch: &CloudLaunch, result: Result<Launched, CloudError>) -> anyhow::Result<()> {
         let clouds = self.clouds().clone();
         let mut conn = self.conn().await?;
-        db::clouds::count_call(&mut conn, &launch.account, &launch.region, "launch", outcome(&result)).await?;
+        // A launch refused before its call (its configuration) made no call to count.
+        if result.as_ref().err().is_none_or(|e| e.code != "configuration") {
+            db::clouds::count_call(&mut conn, &launch.account, &launch.region, "launch", outcome(&result)).await?;
+        }
         let offer = OfferKey {
             account: launch.account.clone(),
             region: launch.region.clone(),

@@ -476,6 +476,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn lab_machines_come_before_cloud_instances_and_placement_is_respected() {
+        let lab = machine(Arch::X86_64, 64, 256);
+        let mut rented = machine(Arch::X86_64, 4, 8);
+        rented.cloud = true;
+        rented.donor_id = None;
+        rented.donation_id = None;
+        let any = demand(Arch::X86_64, 4, 8);
+        assert!(score(&lab, &any, 0) > score(&rented, &any, 0), "even a loose lab fit beats a snug rented one");
+        let mut lab_only = any.clone();
+        lab_only.placement = Placement::Lab;
+        assert_eq!(misfit(&rented, &lab_only, Utc::now(), 0), Some(Misfit::Placement));
+        let mut cloud_only = any.clone();
+        cloud_only.placement = Placement::Cloud;
+        assert_eq!(misfit(&lab, &cloud_only, Utc::now(), 0), Some(Misfit::Placement));
+        assert_eq!(misfit(&rented, &cloud_only, Utc::now(), 0), None);
+        let planned = plan(vec![(waiting("ci"), any)], &[rented, lab], Holdings::default(), |_| 1.0, Utc::now());
+        assert_eq!(planned[0].1, 1, "the lab machine is taken");
+    }
+
     fn waiting(tenant: &str) -> Waiting {
         Waiting { id: LeaseId::generate(), tenant: tenant.into(), priority: 50, queued_at: Utc::now() }
     }

@@ -42,6 +42,7 @@ mod burst;
 use crate::config::Config;
 use crate::db;
 use crate::db::leases::{Connection, Grant, Lease, NewLease};
+use crate::domain::cloud::Placement;
 use crate::domain::placement::{self, Candidate, Holdings};
 use crate::domain::queue::Waiting;
 use crate::domain::{LeaseId, MachineId};
@@ -237,8 +238,19 @@ pub async fn round_with(
             let clouds = !config.clouds.accounts.is_empty();
             let bound = if clouds { db::clouds::bound_ready(conn).await? } else { Vec::new() };
             let bound_leases: HashSet<LeaseId> = bound.iter().map(|b| b.lease).collect();
-            let waiting =
-                queue.iter().filter(|l| !bound_leases.contains(&l.id)).map(|l| (waiting_of(l), l.demand())).collect();
+            let waiting = queue
+                .iter()
+                .filter(|l| !bound_leases.contains(&l.id))
+                .map(|l| {
+                    let mut demand = l.demand();
+                    // A tenant with no cloud budget is not handed a cloud machine either (a
+                    // warm or an imported one) by the plan.
+                    if clouds && demand.placement == Placement::Any && config.clouds.budget_of(&l.tenant) <= 0 {
+                        demand.placement = Placement::Lab;
+                    }
+                    (waiting_of(l), demand)
+                })
+                .collect();
             let weights = &config.tenant_weights;
             let planned = placement::plan(
                 waiting,

@@ -793,3 +793,20 @@ async fn launches_are_paced_by_the_rate_limit_and_an_account_keeps_to_its_cap() 
     assert_eq!(limits[0]["bucket"], "launch_calls");
     assert!(limits[0]["tokens"].as_f64().unwrap() <= 1.0, "{limits}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instance_is_launched_without_an_agent_binary_to_install_on_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().to_owned();
+    let c = clouds(move |config| {
+        only(config, "ctyun-test");
+        config.clouds.agent_binaries_dir = Some(path);
+    })
+    .await;
+    let id = c.ask(runner("x86_64")).await.expect(202).body["id"].as_str().unwrap().to_owned();
+    c.until("the intent to fail", 30, async |c| !c.instances("&state=failed").await.is_empty()).await;
+    let failed = c.instances("&state=failed").await.remove(0);
+    assert!(failed["end_reason"].as_str().unwrap().contains("no agent binary for x86_64"), "{failed}");
+    assert!(c.creates(&c.ctyun).await.is_empty(), "no call was made");
+    assert_eq!(c.lease(&id).await["state"], "queued");
+}

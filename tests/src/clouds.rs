@@ -98,18 +98,25 @@ impl Emulator {
 
     /// The Huawei Cloud ECS fake.
     pub async fn huawei() -> Emulator {
-        Self::fake(Kind::Huawei, "huawei_fake.py").await
+        Self::fake(Kind::Huawei, "huawei_fake.py", &[]).await
     }
 
     /// The CTyun ECS fake.
     pub async fn ctyun() -> Emulator {
-        Self::fake(Kind::Ctyun, "ctyun_fake.py").await
+        Self::fake(Kind::Ctyun, "ctyun_fake.py", &[]).await
     }
 
-    async fn fake(kind: Kind, script: &str) -> Emulator {
+    /// The CTyun ECS fake, reading `Eop-date` as UTC (as an official SDK on a UTC host stamps
+    /// it) rather than Beijing time (as the EOP guide says).
+    pub async fn ctyun_utc() -> Emulator {
+        Self::fake(Kind::Ctyun, "ctyun_fake.py", &["--eop-date-utc-offset-hours", "0"]).await
+    }
+
+    async fn fake(kind: Kind, script: &str, extra: &[&str]) -> Emulator {
         let mut child = Command::new(python_bin().join("python"))
             .arg(fakes_dir().join(script))
             .args(["--port", "0", "--ak", ACCESS_KEY, "--sk", SECRET_KEY])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

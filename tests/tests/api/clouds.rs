@@ -810,3 +810,20 @@ async fn no_instance_is_launched_without_an_agent_binary_to_install_on_it() {
     assert!(c.creates(&c.ctyun).await.is_empty(), "no call was made");
     assert_eq!(c.lease(&id).await["state"], "queued");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ctyun_gateway_that_reads_eop_date_as_utc_is_answered_in_its_convention() {
+    let utc = Arc::new(Emulator::ctyun_utc().await);
+    let url = utc.url.clone();
+    let c = clouds(move |config| {
+        only(config, "ctyun-test");
+        config.clouds.accounts[0].regions[0].endpoint = Some(url);
+    })
+    .await;
+    let _booter = Booter::start(vec![(utc.clone(), Vec::new())]);
+    let id = c.ask(runner("x86_64")).await.expect(202).body["id"].as_str().unwrap().to_owned();
+    c.until("the lease to be granted", 60, async |c| c.lease(&id).await["state"] == "granted").await;
+    let log = utc.requests().await;
+    let refused = log.iter().filter(|r| r["status"] == 401).count();
+    assert_eq!(refused, 1, "one refusal, then the other convention is kept: {log:?}");
+}

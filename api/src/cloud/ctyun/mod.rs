@@ -7,6 +7,7 @@
 pub mod sign;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,7 +78,14 @@ pub struct Ctyun {
     secret_key: Secret,
     region: RegionConfig,
     timeout: Duration,
+    /// The hours `Eop-date` is ahead of UTC: 8 (Beijing), as the EOP guide says, until a
+    /// gateway refuses that and takes UTC (see [`Ctyun::call`]).
+    date_offset_hours: AtomicI64,
 }
+
+/// `Eop-date`'s conventions: Beijing time, which CTyun's guide documents, and UTC, which an
+/// official SDK stamps on a machine whose clock is set to UTC.
+const DATE_OFFSETS: [i64; 2] = [8, 0];
 
 /// The most instances one order creates.
 const PER_ORDER: u32 = 50;
@@ -96,10 +104,13 @@ impl Ctyun {
             secret_key: credentials.secret_key,
             region: region.clone(),
             timeout,
+            date_offset_hours: AtomicI64::new(DATE_OFFSETS[0]),
         })
     }
 
-    /// One signed call; the envelope's `returnObj`, or the error it carried.
+    /// One signed call; the envelope's `returnObj`, or the error it carried. A gateway that
+    /// refuses the signature (401) is asked once more with the other `Eop-date` convention,
+    /// which is then kept: the guide says Beijing time, the SDKs stamp their host's local time.
     async fn call(
         &self,
         method: Method,
@@ -107,13 +118,35 @@ impl Ctyun {
         query: &[(String, String)],
         body: Option<&Value>,
     ) -> Result<Value, CtyunError> {
+        let offset = self.date_offset_hours.load(Ordering::Relaxed);
+        match self.call_dated(method.clone(), path, query, body, offset).await {
+            Err(e) if e.status == 401 => {
+                let other = if offset == DATE_OFFSETS[0] { DATE_OFFSETS[1] } else { DATE_OFFSETS[0] };
+                let retried = self.call_dated(method, path, query, body, other).await;
+                if retried.as_ref().err().is_none_or(|e| e.status != 401) {
+                    self.date_offset_hours.store(other, Ordering::Relaxed);
+                }
+                retried
+            }
+            answer => answer,
+        }
+    }
+
+    async fn call_dated(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+        offset_hours: i64,
+    ) -> Result<Value, CtyunError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("JSON serializes")).unwrap_or_default();
         let mut url = self.base.clone();
         url.set_path(path);
         let canonical_query = sign::canonical_query(query);
         url.set_query((!canonical_query.is_empty()).then_some(canonical_query.as_str()));
         let request_id = uuid::Uuid::new_v4().to_string();
-        let date = sign::eop_date(Utc::now());
+        let date = sign::eop_date(Utc::now(), offset_hours);
         let signature = sign::sign(query, &body, &request_id, &date, &self.access_key.0, &self.secret_key.0);
         let response = self
             .http

@@ -16,10 +16,10 @@ use sha2::{Digest, Sha256};
 /// The characters the SDK leaves unencoded in query values (`quote(v, safe='')`).
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
-/// `Eop-date`'s form: Beijing's wall-clock time (UTC+8) followed by a literal `Z`, as the EOP
-/// signing guide says and both official SDKs stamp it.
-pub fn eop_date(at: DateTime<Utc>) -> String {
-    (at + chrono::Duration::hours(8)).format("%Y%m%dT%H%M%SZ").to_string()
+/// `Eop-date`'s form: wall-clock time `offset_hours` ahead of UTC followed by a literal `Z`.
+/// The EOP signing guide says Beijing time (8); the official SDKs stamp their host's local time.
+pub fn eop_date(at: DateTime<Utc>, offset_hours: i64) -> String {
+    (at + chrono::Duration::hours(offset_hours)).format("%Y%m%dT%H%M%SZ").to_string()
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {

@@ -250,11 +250,14 @@ impl Holdings {
         *self.by_tenant.entry(tenant.to_owned()).or_default() += 1;
     }
 
-    /// Leases held on this machine's donation, and on its donor.
-    fn on(&self, machine: &Candidate) -> (i64, i64) {
-        let on_donation = machine.donation_id.and_then(|d| self.by_donation.get(&d)).copied().unwrap_or(0);
-        let on_donor = machine.donor_id.and_then(|d| self.by_donor.get(&d)).copied().unwrap_or(0);
-        (on_donation, on_donor)
+    /// Leases held on this machine's donation (none for a rented machine).
+    fn on_donation(&self, machine: &Candidate) -> i64 {
+        machine.donation_id.and_then(|d| self.by_donation.get(&d)).copied().unwrap_or(0)
+    }
+
+    /// Leases held on this machine's donor.
+    fn on_donor(&self, machine: &Candidate) -> i64 {
+        machine.donor_id.and_then(|d| self.by_donor.get(&d)).copied().unwrap_or(0)
     }
 }
 
@@ -292,11 +295,11 @@ pub fn plan(
             .enumerate()
             .filter(|(_, i)| {
                 let machine = &free[**i];
-                misfit(machine, demand, now, holdings.on(machine).0).is_none()
+                misfit(machine, demand, now, holdings.on_donation(machine)).is_none()
             })
             .map(|(at, i)| {
                 let machine = &free[*i];
-                (at, *i, score(machine, demand, holdings.on(machine).1))
+                (at, *i, score(machine, demand, holdings.on_donor(machine)))
             })
             .max_by(|a, b| a.2.total_cmp(&b.2));
         if let Some((at, i, _)) = best {

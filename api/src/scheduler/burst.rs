@@ -67,11 +67,14 @@ pub(super) async fn run(
     refused: &mut HashMap<LeaseId, Refusal>,
 ) -> Result<Burst, ApiError> {
     let clouds = &config.clouds;
+    if clouds.accounts.is_empty() {
+        return Ok(Burst { intents: 0, notes: HashMap::new() });
+    }
     let waiting: Vec<&Lease> = queue
         .iter()
         .filter(|l| l.placement != Placement::Lab && !placed.contains(&l.id) && !refused.contains_key(&l.id))
         .collect();
-    if clouds.accounts.is_empty() || waiting.is_empty() {
+    if waiting.is_empty() {
         return Ok(Burst { intents: 0, notes: HashMap::new() });
     }
     let open = db::clouds::open_instances(conn).await?;

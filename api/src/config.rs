@@ -2,6 +2,7 @@
 //! variables. Every option is documented in `.env.example`; the clouds (accounts, regions,
 //! catalogues) live in the TOML file and are documented in `deploy/clouds.example.toml`.
 
+pub mod auth;
 pub mod clouds;
 
 use std::collections::BTreeMap;
@@ -101,6 +102,9 @@ pub struct Config {
 
     /// Cloud accounts and their catalogues; see `deploy/clouds.example.toml`.
     pub clouds: clouds::CloudsConfig,
+
+    /// Signing and data keys, login throttling, what one service token may queue.
+    pub auth: auth::AuthConfig,
 }
 
 /// The background schedules and their switches.
@@ -199,6 +203,7 @@ impl Default for Config {
             tenant_weights: BTreeMap::new(),
             schedules: SchedulesConfig::default(),
             clouds: clouds::CloudsConfig::default(),
+            auth: auth::AuthConfig::default(),
         }
     }
 }
@@ -237,6 +242,7 @@ impl Config {
             .extract()
             .context("invalid configuration")?;
         config.check()?;
+        config.auth.check()?;
         config.clouds.resolve()?;
         Ok(config)
     }
@@ -303,6 +309,7 @@ mod tests {
                 "#,
             )?;
             jail.set_env("FLEETYARD_LISTEN", "127.0.0.1:9999");
+            jail.set_env("FLEETYARD_AUTH__DATA_KEY", "a-data-key-from-the-environment-32b");
             jail.set_env("FLEETYARD_DB_POOL_SIZE", "3");
             jail.set_env("FLEETYARD_SSH_REFUSED_NETWORKS", "[127.0.0.0/8, 10.8.0.0/16]");
             jail.set_env("FLEETYARD_SCHEDULES__REMINDERS__ENABLED", "false");
@@ -316,6 +323,7 @@ mod tests {
             assert_eq!(config.log_format, LogFormat::Json);
             assert_eq!(config.session_ttl_minutes, 720, "default kept");
             assert!(!format!("{config:?}").contains("a-secret-from-the-file"), "secrets stay out of Debug");
+            assert!(!format!("{config:?}").contains("a-data-key-from"), "secrets stay out of Debug");
             Ok(())
         });
     }
@@ -327,6 +335,9 @@ mod tests {
             let error = Config::load(None).unwrap_err().to_string();
             assert!(error.contains("FLEETYARD_JWT_SECRET"), "{error}");
             jail.set_env("FLEETYARD_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("FLEETYARD_AUTH__DATA_KEY"), "{error}");
+            jail.set_env("FLEETYARD_AUTH__DATA_KEY", "0123456789abcdef0123456789abcdef");
             assert!(Config::load(None).is_ok());
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
             Ok(())
@@ -342,9 +353,9 @@ mod tests {
         for (option, value) in defaults.as_object().unwrap() {
             let key = format!("FLEETYARD_{}", option.to_uppercase());
             match value.as_object() {
-                Some(clouds) if option == "clouds" => {
-                    for (key, value) in clouds {
-                        let name = format!("FLEETYARD_CLOUDS__{}", key.to_uppercase());
+                Some(group) if option == "clouds" || option == "auth" => {
+                    for (key, value) in group {
+                        let name = format!("FLEETYARD_{}__{}", option.to_uppercase(), key.to_uppercase());
                         let shown = if value.is_object() || value.is_array() {
                             mentioned(&name)
                         } else {
@@ -369,12 +380,20 @@ mod tests {
                 jail.set_env(key, value);
             }
             jail.set_env("FLEETYARD_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+            jail.set_env("FLEETYARD_AUTH__DATA_KEY", "0123456789abcdef0123456789abcdef");
             let loaded = serde_json::to_value(Config::load(None).expect("the example loads")).unwrap();
-            for (key, default) in defaults["clouds"].as_object().unwrap() {
-                assert_eq!(&loaded["clouds"][key], default, "`.env.example` shows clouds.{key} other than its default");
+            for group in ["clouds", "auth"] {
+                for (key, default) in defaults[group].as_object().unwrap() {
+                    if key != "data_key" {
+                        assert_eq!(
+                            &loaded[group][key], default,
+                            "`.env.example` shows {group}.{key} other than its default"
+                        );
+                    }
+                }
             }
             for (option, default) in defaults.as_object().unwrap() {
-                if option != "jwt_secret" && option != "database_url" && option != "clouds" {
+                if !["jwt_secret", "database_url", "clouds", "auth"].contains(&option.as_str()) {
                     assert_eq!(&loaded[option], default, "`.env.example` shows {option} other than its default");
                 }
             }

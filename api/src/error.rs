@@ -40,12 +40,14 @@ pub struct ApiError {
     code: Cow<'static, str>,
     message: String,
     details: Option<Value>,
+    /// Seconds to send as `Retry-After` (429 and 503).
+    retry_after: Option<u64>,
     cause: Option<anyhow::Error>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into(), details: None, cause: None }
+        Self { status, code: code.into(), message: message.into(), details: None, retry_after: None, cause: None }
     }
 
     /// The same answer for another caller, without the cause (which is logged once, here).
@@ -58,6 +60,7 @@ impl ApiError {
             code: self.code.clone(),
             message: self.message.clone(),
             details: self.details.clone(),
+            retry_after: self.retry_after,
             cause: None,
         }
     }
@@ -70,6 +73,17 @@ impl ApiError {
     /// 503: try again shortly.
     pub fn unavailable(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
+    /// 429: this caller has asked too much; `Retry-After` says when to try again.
+    pub fn too_many(code: impl Into<Cow<'static, str>>, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(retry_after_secs)
+    }
+
+    /// Adds a `Retry-After` header (seconds) to the answer.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -145,6 +159,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         response.json(ErrorBody {
             code: self.code.to_string(),

@@ -18,6 +18,7 @@ pub mod provisioner;
 pub mod routes;
 pub mod scheduler;
 pub mod schedules;
+pub mod secrets;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

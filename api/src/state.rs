@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::OnceCell;
 
-use crate::auth::{AgentCredentials, TokenKeys};
+use crate::auth::{AgentCredentials, PasswordGate, TokenKeys};
 use crate::cloud::Clouds;
 use crate::config::Config;
 use crate::db::{self, DbConn};
@@ -16,12 +16,17 @@ use crate::heartbeats::HeartbeatIngest;
 use crate::probe::{self, SshLimits, SshProber};
 use crate::provisioner;
 use crate::scheduler::Scheduler;
+use crate::secrets::DataKeys;
 use crate::work::WorkBell;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: db::Pool,
     pub tokens: Arc<TokenKeys>,
+    /// Seals and opens the secrets Fleetyard stores.
+    pub data_keys: Arc<DataKeys>,
+    /// Bounds the password hashing this replica does at once.
+    pub passwords: Arc<PasswordGate>,
     pub config: Arc<Config>,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi_json: Arc<str>,
@@ -60,6 +65,11 @@ impl AppState {
         let cloud_bell = Arc::new(tokio::sync::Notify::new());
         let state = Self {
             tokens: Arc::new(TokenKeys::new(&config)),
+            data_keys: Arc::new(DataKeys::new(&config.auth.data_key, &config.auth.previous_data_keys)),
+            passwords: Arc::new(PasswordGate::new(
+                config.auth.password_hash_concurrency,
+                config.auth.password_hash_queue,
+            )),
             openapi_json: crate::routes::openapi_json().into(),
             agents: AgentCredentials::start(pool.clone(), Duration::from_secs(config.agent_token_cache_secs)),
             heartbeats: Arc::new(HeartbeatIngest::start(
@@ -78,6 +88,7 @@ impl AppState {
             pool,
         };
         tokio::spawn(provisioner::run(state.clone()));
+        tokio::spawn(seal_stored_secrets(state.pool.clone(), state.data_keys.clone()));
         state
     }
 
@@ -97,7 +108,7 @@ impl AppState {
                         let generated = probe::generate_key("fleetyard")?;
                         let key = db::platform_keys::PlatformKey {
                             name: SSH_KEY_NAME.into(),
-                            private_key: generated.private_openssh,
+                            private_key: self.data_keys.seal(&generated.private_openssh),
                             public_key: generated.public_openssh,
                             fingerprint: generated.fingerprint,
                             created_at: chrono::Utc::now(),
@@ -108,8 +119,9 @@ impl AppState {
                     }
                 };
                 let config = &self.config;
+                let private_key = self.data_keys.open_or_plain(&stored.private_key).context("opening the SSH key")?;
                 let prober = SshProber::new(
-                    &stored.private_key,
+                    &private_key,
                     Duration::from_secs(config.ssh_connect_timeout_secs),
                     Duration::from_secs(config.ssh_command_timeout_secs),
                     config.ssh_refused_networks.clone(),
@@ -117,5 +129,27 @@ impl AppState {
                 Ok(SshKey { public_openssh: stored.public_key, fingerprint: stored.fingerprint, prober })
             })
             .await
+    }
+}
+
+/// Seals the secrets stored plain by versions before sealing, or sealed with a previous data
+/// key, with the current one. Every replica runs it at start; they agree, as each row is
+/// rewritten only if it still holds what was read.
+async fn seal_stored_secrets(pool: db::Pool, keys: Arc<DataKeys>) {
+    let sealed = async {
+        let mut conn = pool.get().await?;
+        let mut count = 0;
+        for stored in db::secrets_at_rest::list(&mut conn).await? {
+            if keys.needs_sealing(&stored.value) {
+                let plain = keys.open_or_plain(&stored.value)?;
+                count += db::secrets_at_rest::replace(&mut conn, &stored, &keys.seal(&plain)).await?;
+            }
+        }
+        anyhow::Ok(count)
+    };
+    match sealed.await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "sealed stored secrets with the current data key"),
+        Err(e) => tracing::error!("sealing stored secrets: {e:#}"),
     }
 }

@@ -31,6 +31,8 @@ rm -rf "$work" && mkdir -p "$work"
 export FLEETYARD_DATABASE_URL=$db_url FLEETYARD_LISTEN=$LISTEN FLEETYARD_LOG_FILTER=warn
 FLEETYARD_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export FLEETYARD_JWT_SECRET
+FLEETYARD_AUTH__DATA_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export FLEETYARD_AUTH__DATA_KEY
 
 "$bin/fleetyard" admin seed-demo >/dev/null
 "$bin/fleetyard" serve 2>"$work/server.log" &

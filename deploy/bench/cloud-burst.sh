@@ -42,6 +42,8 @@ printf 'BENCHACCESSKEY' >"$work/keys/ak"
 printf 'bench-secret-key' >"$work/keys/sk"
 cp "$bin/fleetyard-agent" "$work/agents/fleetyard-agent-$(uname -m)"
 secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+FLEETYARD_AUTH__DATA_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export FLEETYARD_AUTH__DATA_KEY
 keys=$(cd "$work/keys" && pwd) agents=$(cd "$work/agents" && pwd)
 cat >"$work/fleetyard.toml" <<TOML
 [clouds]

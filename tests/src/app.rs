@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fleetyard::auth::TokenKind;
 use fleetyard::config::{Config, LogFormat, Secret};
 use fleetyard::db::Pool;
-use fleetyard::domain::{MachineId, Role, TokenId, UserId};
+use fleetyard::domain::{MachineId, TokenId, UserId};
 use fleetyard::{AppState, db, startup};
 use reqwest::Method;
 use serde_json::Value;
@@ -26,6 +26,7 @@ pub struct TestApp {
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
     pub text: String,
 }
@@ -58,6 +59,10 @@ pub fn test_config(database_url: &str) -> Config {
         workers: 1,
         db_pool_size: 4,
         jwt_secret: Secret("test-secret-that-is-at-least-32-bytes-long".into()),
+        auth: fleetyard::config::auth::AuthConfig {
+            data_key: Secret("test-data-key-that-is-at-least-32-bytes".into()),
+            ..Default::default()
+        },
         log_format: LogFormat::Text,
         log_filter: "warn".into(),
         shutdown_timeout_secs: 1,
@@ -201,7 +206,7 @@ impl TestApp {
 
     /// A session token for an existing user, as if they had logged in.
     pub fn session_for(&self, user: UserId) -> String {
-        self.state.tokens.issue_session(user.0).expect("signing a session").token
+        self.state.tokens.issue_session(user.0, 0).expect("signing a session").token
     }
 
     /// A machine credential for `machine`, stored like the agents issue will store them.
@@ -209,14 +214,12 @@ impl TestApp {
         let mut conn = self.state.pool.get().await.expect("db");
         let row = db::api_tokens::insert(
             &mut conn,
-            &db::api_tokens::NewApiToken {
-                id: TokenId::generate(),
-                name: "test agent",
-                role: Role::Agent,
-                machine_id: Some(machine),
-                created_by: None,
-                expires_at: chrono::Utc::now() + chrono::Duration::days(1),
-            },
+            &db::api_tokens::NewApiToken::agent(
+                TokenId::generate(),
+                "test agent",
+                machine,
+                chrono::Utc::now() + chrono::Duration::days(1),
+            ),
         )
         .await
         .expect("inserting an agent token");
@@ -256,7 +259,8 @@ impl TestApp {
 
 pub(crate) async fn read(response: reqwest::Response) -> Response {
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let text = response.text().await.expect("reading the body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Response { status, body, text }
+    Response { status, headers, body, text }
 }

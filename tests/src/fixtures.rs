@@ -70,7 +70,11 @@ impl TestApp {
         let a = self.donor(&admin, "Plumtree Semiconductor", "Asia/Shanghai").await;
         let b = self.donor(&admin, "Westlake Open Hardware Lab", "Europe/Berlin").await;
         let issued = self
-            .post("/api/v1/service-tokens", &admin, json!({ "name": "ci-gate", "expires_in_days": 30 }))
+            .post(
+                "/api/v1/service-tokens",
+                &admin,
+                json!({ "name": "ci-gate", "expires_in_days": 30, "tenants": ["*"] }),
+            )
             .await
             .expect(201);
         World {

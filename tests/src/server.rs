@@ -34,6 +34,7 @@ impl ServerProcess {
             .arg("serve")
             .env("FLEETYARD_DATABASE_URL", &config.database_url)
             .env("FLEETYARD_JWT_SECRET", &config.jwt_secret.0)
+            .env("FLEETYARD_AUTH__DATA_KEY", &config.auth.data_key.0)
             .env("FLEETYARD_LISTEN", &address)
             .env("FLEETYARD_WORKERS", "1")
             .env("FLEETYARD_DB_POOL_SIZE", "4")

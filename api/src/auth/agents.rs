@@ -10,16 +10,21 @@
 //!
 //! Revocations reach the memory two ways: at once on the replica that revoked (it evicts), and
 //! on every replica through a background poll, every `agent_token_cache_secs`, for agent
-//! credentials revoked since the last poll. The cost is one small query per replica per poll,
+//! credentials revoked since the last poll. "Since" is counted in transactions, not time: each
+//! revocation records its transaction's id, and a poll asks for those at or above the oldest
+//! transaction the previous poll could not see. So a revocation is found at the first poll
+//! after it commits, however long its transaction ran (a clock-based look-back would miss a
+//! transaction slower than the look-back). The cost is one small query per replica per poll,
 //! however many agents there are, and a remembered credential is answered without an await.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, web};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 // The keys are keyed hashes already: the table's own hash need only be fast.
 use foldhash::HashMap;
 use futures_util::future::{Either, LocalBoxFuture, Ready, ready};
@@ -67,11 +72,11 @@ pub struct AgentCredentials {
     /// The secret key of the credential hash, drawn at start.
     hasher: SipHasher13,
     known: RwLock<HashMap<CredentialKey, Cached>>,
+    /// The lowest transaction-id floor of the reads behind credentials remembered since the
+    /// last poll: the next poll looks from there, so a revocation that committed between such
+    /// a read and its remembering is still found.
+    unpolled_floor: AtomicI64,
 }
-
-/// Polls look this far back before the previous poll, so a revocation whose transaction was
-/// still running at that poll is not missed.
-const POLL_OVERLAP: chrono::Duration = chrono::Duration::seconds(10);
 
 /// Credentials remembered at most; beyond, the memory is cleared and rebuilt as agents call.
 const MAX_REMEMBERED: usize = 1_000_000;
@@ -83,6 +88,7 @@ impl AgentCredentials {
         let credentials = Arc::new(Self {
             hasher: SipHasher13::new_with_keys(rand::random(), rand::random()),
             known: RwLock::default(),
+            unpolled_floor: AtomicI64::new(i64::MAX),
         });
         tokio::spawn(poll_revocations(Arc::downgrade(&credentials), pool, poll_every));
         credentials
@@ -116,7 +122,7 @@ impl AgentCredentials {
         }
         let token_id = TokenId(claims.jti);
         let mut conn = state.db().await?;
-        let row = db::api_tokens::find(&mut conn, token_id).await?;
+        let (row, floor) = db::api_tokens::find_with_floor(&mut conn, token_id).await?;
         let now = Utc::now();
         // A credential may be retired in the future (its successor was issued); it works until then.
         let until = row.as_ref().and_then(|t| t.revoked_at).map_or(claims.exp, |at| at.timestamp().min(claims.exp));
@@ -129,6 +135,8 @@ impl AgentCredentials {
             }
             known.insert(key, Cached { token_id, machine_id, expires: until, facts_seen: None });
         }
+        // After remembering: a poll that has not seen this floor yet will look from it.
+        self.unpolled_floor.fetch_min(floor, Ordering::SeqCst);
         Ok(AgentCaller { token_id, machine_id: machine_id.ok_or_else(refused)?, facts_seen: None, key })
     }
 
@@ -171,27 +179,30 @@ fn refused() -> ApiError {
 /// Every `poll_every`, asks the database for agent credentials revoked since the last poll and
 /// forgets them. Stops when the memory is dropped.
 async fn poll_revocations(credentials: Weak<AgentCredentials>, pool: Pool, poll_every: Duration) {
-    // The first poll starts from now: nothing is remembered yet.
-    let mut from: Option<DateTime<Utc>> = None;
+    // The first poll reads every revocation ever made: a credential may be remembered before
+    // it ends, and only a snapshot older than that would bound what it must see.
+    let mut floor: Option<i64> = None;
     let mut tick = tokio::time::interval(poll_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(credentials) = credentials.upgrade() else { return };
-        let since = from.map_or_else(Utc::now, |at| at - POLL_OVERLAP);
+        let remembered_from = credentials.unpolled_floor.swap(i64::MAX, Ordering::SeqCst);
+        let from = floor.map(|f| f.min(remembered_from));
         let polled = match pool.get().await {
-            Ok(mut conn) => {
-                db::api_tokens::agent_revocations_since(&mut conn, since).await.map_err(anyhow::Error::from)
-            }
+            Ok(mut conn) => db::api_tokens::agent_revocations_after(&mut conn, from).await.map_err(anyhow::Error::from),
             Err(e) => Err(anyhow::Error::from(e)),
         };
         match polled {
-            Ok((revoked, db_now)) => {
+            Ok((revoked, next)) => {
                 credentials.evict(&revoked);
-                from = Some(db_now);
+                floor = Some(next);
             }
-            // What is remembered stays right until a poll gets through, from the same point.
-            Err(e) => tracing::warn!("polling for revoked agent credentials: {e:#}"),
+            Err(e) => {
+                // What is remembered stays right until a poll gets through, from the same point.
+                credentials.unpolled_floor.fetch_min(remembered_from, Ordering::SeqCst);
+                tracing::warn!("polling for revoked agent credentials: {e:#}");
+            }
         }
     }
 }

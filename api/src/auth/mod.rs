@@ -15,7 +15,7 @@ use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
 
 pub use self::agents::{AgentCaller, AgentCredentials, FactsSeen};
-pub use self::password::{MIN_PASSWORD_CHARS, hash_password, verify_password};
+pub use self::password::{MIN_PASSWORD_CHARS, PasswordGate, hash_password, verify_password};
 pub use self::token::{Claims, IssuedToken, TokenKeys, TokenKind};
 use crate::db::{self, audit::Actor};
 use crate::domain::{ActorKind, DonorId, MachineId, Requester, Role, TokenId, UserId};
@@ -27,8 +27,18 @@ use crate::state::AppState;
 pub enum Principal {
     Admin { user_id: UserId, email: String },
     Donor { user_id: UserId, donor_id: DonorId, email: String },
-    Service { token_id: TokenId, name: String },
+    Service { token_id: TokenId, name: String, grant: ServiceGrant },
     Agent { token_id: TokenId, machine_id: MachineId },
+}
+
+/// What ops let a service token do (its `api_tokens` row says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceGrant {
+    /// Tenant names, or beginnings of names followed by `*`.
+    pub tenants: Vec<String>,
+    pub max_priority: i32,
+    pub max_queued_leases: Option<i32>,
+    pub max_queued_jobs: Option<i32>,
 }
 
 /// Which donors' data a caller may see.
@@ -77,7 +87,7 @@ impl Principal {
             Principal::Admin { user_id, email } | Principal::Donor { user_id, email, .. } => {
                 Actor { kind: ActorKind::User, id: Some(user_id.0), name: email.clone() }
             }
-            Principal::Service { token_id, name } => {
+            Principal::Service { token_id, name, .. } => {
                 Actor { kind: ActorKind::Service, id: Some(token_id.0), name: name.clone() }
             }
             Principal::Agent { token_id, machine_id } => {
@@ -173,6 +183,10 @@ async fn resolve(conn: &mut diesel_async::AsyncPgConnection, claims: &Claims) ->
             if user.disabled_at.is_some() {
                 return Err(ApiError::unauthenticated("the account is disabled"));
             }
+            // Logging out, a new password or being disabled moved the generation on.
+            if claims.generation.unwrap_or(0) != user.session_generation {
+                return Err(ApiError::unauthenticated("the session has ended; log in again"));
+            }
             match (user.role, user.donor_id) {
                 (Role::Admin, _) => Ok(Principal::Admin { user_id: user.id, email: user.email }),
                 (Role::Donor, Some(donor_id)) => Ok(Principal::Donor { user_id: user.id, donor_id, email: user.email }),
@@ -191,7 +205,16 @@ async fn resolve(conn: &mut diesel_async::AsyncPgConnection, claims: &Claims) ->
                 return Err(ApiError::unauthenticated("the token has expired"));
             }
             match (claims.typ, row.role, row.machine_id) {
-                (TokenKind::Service, Role::Ci, _) => Ok(Principal::Service { token_id: row.id, name: row.name }),
+                (TokenKind::Service, Role::Ci, _) => Ok(Principal::Service {
+                    token_id: row.id,
+                    name: row.name,
+                    grant: ServiceGrant {
+                        tenants: row.tenants,
+                        max_priority: row.max_priority,
+                        max_queued_leases: row.max_queued_leases,
+                        max_queued_jobs: row.max_queued_jobs,
+                    },
+                }),
                 (TokenKind::Agent, Role::Agent, Some(machine_id)) => {
                     Ok(Principal::Agent { token_id: row.id, machine_id })
                 }

@@ -20,6 +20,13 @@ pub struct ApiToken {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<UserId>,
+    /// A service token's tenants (names, or prefixes ending in `*`); empty for agents.
+    pub tenants: Vec<String>,
+    /// The highest priority a service token may ask for.
+    pub max_priority: i32,
+    /// Caps on what a service token may have queued; `None`: the configuration's.
+    pub max_queued_leases: Option<i32>,
+    pub max_queued_jobs: Option<i32>,
 }
 
 #[derive(Debug, Insertable)]
@@ -31,6 +38,38 @@ pub struct NewApiToken<'a> {
     pub machine_id: Option<MachineId>,
     pub created_by: Option<UserId>,
     pub expires_at: DateTime<Utc>,
+    pub tenants: &'a [String],
+    pub max_priority: i32,
+    pub max_queued_leases: Option<i32>,
+    pub max_queued_jobs: Option<i32>,
+}
+
+impl<'a> NewApiToken<'a> {
+    /// A machine agent's credential: no tenants, no queue.
+    pub fn agent(id: TokenId, name: &'a str, machine_id: MachineId, expires_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            name,
+            role: Role::Agent,
+            machine_id: Some(machine_id),
+            created_by: None,
+            expires_at,
+            tenants: &[],
+            max_priority: 0,
+            max_queued_leases: Some(0),
+            max_queued_jobs: Some(0),
+        }
+    }
+}
+
+/// What ops change of a service token's grant.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = api_tokens)]
+pub struct GrantChange {
+    pub tenants: Option<Vec<String>>,
+    pub max_priority: Option<i32>,
+    pub max_queued_leases: Option<Option<i32>>,
+    pub max_queued_jobs: Option<Option<i32>>,
 }
 
 pub async fn insert(conn: &mut AsyncPgConnection, token: &NewApiToken<'_>) -> QueryResult<ApiToken> {
@@ -44,6 +83,14 @@ pub async fn insert_many(conn: &mut AsyncPgConnection, tokens: &[NewApiToken<'_>
 
 pub async fn find(conn: &mut AsyncPgConnection, id: TokenId) -> QueryResult<Option<ApiToken>> {
     api_tokens::table.find(id).select(ApiToken::as_select()).first(conn).await.optional()
+}
+
+/// A token, and a transaction-id floor at or below every transaction that could change it
+/// unseen by this read (see [`agent_revocations_after`]).
+pub async fn find_with_floor(conn: &mut AsyncPgConnection, id: TokenId) -> QueryResult<(Option<ApiToken>, i64)> {
+    // Taken before the read, so the read's snapshot sees at least what this one does.
+    let floor: i64 = diesel::select(snapshot_xmin()).get_result(conn).await?;
+    Ok((find(conn, id).await?, floor))
 }
 
 /// Tokens of one role, in creation order.
@@ -64,18 +111,36 @@ pub async fn revoke(conn: &mut AsyncPgConnection, id: TokenId, by: UserId) -> Qu
     api_tokens::table.find(id).select(ApiToken::as_select()).first(conn).await
 }
 
-/// Agent credentials revoked at or after `since`, with the database's clock now.
-pub async fn agent_revocations_since(
+/// Changes a service token's grant.
+pub async fn change_grant(conn: &mut AsyncPgConnection, id: TokenId, change: &GrantChange) -> QueryResult<ApiToken> {
+    diesel::update(api_tokens::table.find(id).filter(api_tokens::role.eq(Role::Ci)))
+        .set(change)
+        .returning(ApiToken::as_returning())
+        .get_result(conn)
+        .await
+}
+
+diesel::define_sql_function! {
+    /// `pg_snapshot_xmin(pg_current_snapshot())` as a number: every transaction not yet
+    /// visible to a snapshot taken now has an id at least this.
+    #[sql_name = "fleetyard_snapshot_xmin"]
+    fn snapshot_xmin() -> diesel::sql_types::BigInt;
+}
+
+/// Agent credentials revoked by transactions that a snapshot with xmin `floor` could not see
+/// (`None`: all of them), and the floor for the next poll. Transaction ids, not clocks: a
+/// revocation is found however long its transaction ran before committing.
+pub async fn agent_revocations_after(
     conn: &mut AsyncPgConnection,
-    since: DateTime<Utc>,
-) -> QueryResult<(Vec<TokenId>, DateTime<Utc>)> {
-    let now: DateTime<Utc> =
-        diesel::select(diesel::dsl::now.into_sql::<diesel::sql_types::Timestamptz>()).get_result(conn).await?;
+    floor: Option<i64>,
+) -> QueryResult<(Vec<TokenId>, i64)> {
+    // Taken before the read below: whatever commits after it is at or above it.
+    let next: i64 = diesel::select(snapshot_xmin()).get_result(conn).await?;
     let revoked = api_tokens::table
         .filter(api_tokens::role.eq(Role::Agent))
-        .filter(api_tokens::revoked_at.ge(since))
+        .filter(api_tokens::revoked_xid.ge(floor.unwrap_or(0)))
         .select(api_tokens::id)
         .load(conn)
         .await?;
-    Ok((revoked, now))
+    Ok((revoked, next))
 }

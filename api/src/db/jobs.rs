@@ -9,8 +9,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::leases::{Lease, Scope};
-use super::schema::{job_output, jobs, leases};
+use super::schema::{donations, job_output, jobs, leases};
 use super::{Json, Page};
+use crate::domain::DonationModel;
 use crate::domain::job::after_lost_attempt;
 use crate::domain::{HolderKind, JobId, JobState, LeaseId, LeaseState, MachineId};
 
@@ -72,6 +73,21 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &NewJob) -> QueryResult<O
         .optional()
 }
 
+/// Locks the holder's jobs against concurrent submission (until the transaction ends) and
+/// counts those queued or running.
+pub async fn lock_and_count_open(conn: &mut AsyncPgConnection, holder: Uuid) -> QueryResult<i64> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('fleetyard jobs of ' || $1::text, 0))")
+        .bind::<diesel::sql_types::Uuid, _>(holder)
+        .execute(conn)
+        .await?;
+    jobs::table
+        .filter(jobs::holder_id.eq(holder))
+        .filter(jobs::state.eq_any([JobState::Queued, JobState::Running]))
+        .count()
+        .get_result(conn)
+        .await
+}
+
 pub async fn by_key(conn: &mut AsyncPgConnection, holder: Uuid, key: &str) -> QueryResult<Option<Job>> {
     jobs::table
         .filter(jobs::holder_id.eq(holder))
@@ -131,11 +147,38 @@ pub async fn list(
     query.order(jobs::id.desc()).limit(page.fetch_limit()).load(conn).await
 }
 
-/// Whether a donor's machines ever held one of this job's attempts.
-pub async fn ran_on_donor(conn: &mut AsyncPgConnection, id: JobId, donor: crate::domain::DonorId) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(leases::table.filter(leases::job_id.eq(id)).filter(leases::donor_id.eq(donor))))
-        .get_result(conn)
-        .await
+/// Whether a donor's machines ever held one of this job's attempts (`None`: never), and if
+/// so, whether one of them was a machine the donor operates (a usage-right donation's).
+pub async fn ran_on_donor(
+    conn: &mut AsyncPgConnection,
+    id: JobId,
+    donor: crate::domain::DonorId,
+) -> QueryResult<Option<bool>> {
+    let models: Vec<DonationModel> = leases::table
+        .inner_join(donations::table.on(leases::donation_id.eq(donations::id.nullable())))
+        .filter(leases::job_id.eq(id))
+        .filter(leases::donor_id.eq(donor))
+        .select(donations::model)
+        .load(conn)
+        .await?;
+    Ok((!models.is_empty()).then(|| models.iter().any(|m| m.donor_operates())))
+}
+
+/// Of `ids`, the jobs that ran on a machine `donor` operates (a usage-right donation's).
+pub async fn operated_by_donor(
+    conn: &mut AsyncPgConnection,
+    donor: crate::domain::DonorId,
+    ids: &[JobId],
+) -> QueryResult<std::collections::HashSet<JobId>> {
+    let ran: Vec<Option<JobId>> = leases::table
+        .inner_join(donations::table.on(leases::donation_id.eq(donations::id.nullable())))
+        .filter(leases::job_id.eq_any(ids))
+        .filter(leases::donor_id.eq(donor))
+        .filter(donations::model.eq(DonationModel::UsageRight))
+        .select(leases::job_id)
+        .load(conn)
+        .await?;
+    Ok(ran.into_iter().flatten().collect())
 }
 
 /// Ends a job.

@@ -1,5 +1,6 @@
 //! Leases, and what placement reads: free machines, the inventory, what is held where.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -139,6 +140,37 @@ pub async fn insert_queued(conn: &mut AsyncPgConnection, new: &[NewLease]) -> Qu
         .returning(leases::id)
         .get_results(conn)
         .await
+}
+
+/// For each service-token holder among `holders`: its own cap on queued leases (`None`: the
+/// configuration's) and how many leases it has queued now, besides `besides` (this round's).
+/// Leases of jobs count towards the jobs' cap, not this one. Holders that are not service
+/// tokens (ops) have no cap and are left out.
+pub async fn queued_lease_caps(
+    conn: &mut AsyncPgConnection,
+    holders: &[Uuid],
+    besides: &[LeaseId],
+) -> QueryResult<Vec<(Uuid, Option<i32>, i64)>> {
+    use super::schema::api_tokens;
+    let caps: Vec<(Uuid, Option<i32>)> = api_tokens::table
+        .filter(api_tokens::id.eq_any(holders))
+        .filter(api_tokens::role.eq(crate::domain::Role::Ci))
+        .select((api_tokens::id, api_tokens::max_queued_leases))
+        .load(conn)
+        .await?;
+    let ids: Vec<Uuid> = caps.iter().map(|(id, _)| *id).collect();
+    let counts: HashMap<Uuid, i64> = leases::table
+        .filter(leases::holder_id.eq_any(&ids))
+        .filter(leases::state.eq(LeaseState::Queued))
+        .filter(leases::job_id.is_null())
+        .filter(leases::id.ne_all(besides))
+        .group_by(leases::holder_id)
+        .select((leases::holder_id, diesel::dsl::count_star()))
+        .load::<(Uuid, i64)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(caps.into_iter().map(|(id, cap)| (id, cap, counts.get(&id).copied().unwrap_or(0))).collect())
 }
 
 /// The leases a holder made with these idempotency keys.

@@ -42,6 +42,7 @@ diesel::table! {
         disabled_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        session_generation -> Int4,
     }
 }
 
@@ -112,6 +113,11 @@ diesel::table! {
         expires_at -> Timestamptz,
         revoked_at -> Nullable<Timestamptz>,
         revoked_by -> Nullable<Uuid>,
+        tenants -> Array<Text>,
+        max_priority -> Int4,
+        max_queued_leases -> Nullable<Int4>,
+        max_queued_jobs -> Nullable<Int4>,
+        revoked_xid -> Nullable<Int8>,
     }
 }
 

@@ -20,6 +20,8 @@ pub struct User {
     pub disabled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Sessions carry the generation they were issued in; only the current one is accepted.
+    pub session_generation: i32,
 }
 
 #[derive(Debug, Insertable)]
@@ -65,10 +67,38 @@ pub async fn list(conn: &mut AsyncPgConnection, donor: Option<DonorId>, page: Pa
     query.order(users::id).limit(page.fetch_limit()).load(conn).await
 }
 
+/// Disables (ending every session) or enables a user; enabling brings no session back.
 pub async fn set_disabled(conn: &mut AsyncPgConnection, id: UserId, disabled: bool) -> QueryResult<User> {
     let disabled_at = disabled.then(Utc::now);
+    let generation = users::session_generation + i32::from(disabled);
     diesel::update(users::table.find(id))
-        .set((users::disabled_at.eq(disabled_at), users::updated_at.eq(diesel::dsl::now)))
+        .set((
+            users::disabled_at.eq(disabled_at),
+            users::session_generation.eq(generation),
+            users::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Ends every session the user holds (logging out).
+pub async fn end_sessions(conn: &mut AsyncPgConnection, id: UserId) -> QueryResult<User> {
+    diesel::update(users::table.find(id))
+        .set((users::session_generation.eq(users::session_generation + 1), users::updated_at.eq(diesel::dsl::now)))
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Sets a new password hash and ends every session issued with the old password.
+pub async fn set_password(conn: &mut AsyncPgConnection, id: UserId, hash: &str) -> QueryResult<User> {
+    diesel::update(users::table.find(id))
+        .set((
+            users::password_hash.eq(hash),
+            users::session_generation.eq(users::session_generation + 1),
+            users::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(User::as_returning())
         .get_result(conn)
         .await

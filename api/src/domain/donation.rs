@@ -20,6 +20,15 @@ text_enum! {
     }
 }
 
+impl DonationModel {
+    /// Whether the donor operates the machines itself (enrolls their agents, labels them,
+    /// asks for SSH checks, reads the work done on them): only under a usage right. Machines
+    /// given or lent to the foundation are the lab's; their donor may only read them.
+    pub fn donor_operates(self) -> bool {
+        self == DonationModel::UsageRight
+    }
+}
+
 text_enum! {
     /// Where a donation stands.
     pub enum DonationStatus {

@@ -11,6 +11,7 @@ pub mod cloud;
 pub mod donation;
 pub mod events;
 pub mod facts;
+pub mod grant;
 pub mod health;
 pub mod ids;
 pub mod inventory;

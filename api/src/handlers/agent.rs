@@ -21,7 +21,7 @@ use crate::db::{self, api_tokens::NewApiToken};
 use crate::domain::facts::{Facts, Metrics, clip};
 use crate::domain::health::is_monitored;
 use crate::domain::health::is_overloaded;
-use crate::domain::{ActorKind, Arch, JobId, LeaseId, MachineId, Role, TokenId};
+use crate::domain::{ActorKind, Arch, JobId, LeaseId, MachineId, TokenId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::parse_json_at;
 use crate::extract::{Json, JsonBody, Query};
@@ -218,14 +218,12 @@ async fn issue_credential(
 ) -> Result<IssuedCredential, ApiError> {
     let row = db::api_tokens::insert(
         conn,
-        &NewApiToken {
-            id: TokenId::generate(),
-            name: &format!("agent of machine {machine}"),
-            role: Role::Agent,
-            machine_id: Some(machine),
-            created_by: None,
-            expires_at: Utc::now() + lifetime,
-        },
+        &NewApiToken::agent(
+            TokenId::generate(),
+            &format!("agent of machine {machine}"),
+            machine,
+            Utc::now() + lifetime,
+        ),
     )
     .await?;
     let issued =

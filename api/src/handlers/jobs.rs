@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::leases::{
-    LeaseSpec, check_demand, check_lab_wait, holder, idempotency_key, may_change, new_lease, queue_standing,
-    request_hash, scope,
+    Holder, LeaseSpec, check_demand, check_lab_wait, holder, idempotency_key, may_change, new_lease, queue_standing,
+    refusal, request_hash, scope,
 };
 use super::{page, page_type, paginate};
 use crate::auth::Principal;
@@ -86,8 +86,10 @@ pub struct JobView {
     pub state: JobState,
     pub tenant: String,
     pub holder: super::leases::LeaseHolder,
-    pub command: String,
-    pub env: BTreeMap<String, String>,
+    /// `null` for a donor whose machine in the foundation's lab ran it: the work done in the
+    /// lab is not the lender's to read.
+    pub command: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
     pub timeout_secs: i32,
     /// Attempts made so far (a machine lost mid-job costs one).
     pub attempts: i32,
@@ -113,8 +115,8 @@ impl From<Job> for JobView {
             state: j.state,
             tenant: j.tenant,
             holder: super::leases::LeaseHolder { kind: j.holder_kind, name: j.holder_name },
-            command: j.command,
-            env: j.env.0,
+            command: Some(j.command),
+            env: Some(j.env.0),
             timeout_secs: j.timeout_secs,
             attempts: j.attempts,
             max_attempts: j.max_attempts,
@@ -134,11 +136,12 @@ page_type!(JobPage, JobView);
 
 /// Validates a request, naming every problem; returns how long each attempt may wait in the
 /// queue and for the labs, in minutes.
-fn validate(state: &AppState, request: &JobRequest) -> Result<(i64, i64), ApiError> {
+fn validate(state: &AppState, holder: &Holder, request: &JobRequest) -> Result<(i64, i64), ApiError> {
     let config = &state.config;
     let mut errors = FieldErrors::new();
     let wait = check_demand(
         config,
+        holder,
         &request.requirements,
         request.priority,
         &request.tenant,
@@ -205,7 +208,7 @@ pub async fn create_job(
     let holder = holder(&caller, "jobs")?;
     let key = idempotency_key(&req)?;
     let request = body.into_inner();
-    let (wait, lab_wait) = validate(&state, &request)?;
+    let (wait, lab_wait) = validate(&state, &holder, &request)?;
     let hash = request_hash(&request)?;
 
     let mut conn = state.db().await?;
@@ -236,9 +239,26 @@ pub async fn create_job(
         max_wait_secs: i32::try_from(wait * 60).map_err(ApiError::internal)?,
         max_attempts: request.max_attempts,
     };
-    let job = db::jobs::insert(&mut conn, &new).await?.ok_or_else(|| {
-        ApiError::conflict("idempotency-race", "a job with this Idempotency-Key was just made; retry")
-    })?;
+    // A service token's cap on open jobs, counted under a lock on the token so that requests
+    // sent at once cannot all slip under it.
+    let cap = holder.grant.as_ref().map(|g| g.max_queued_jobs.unwrap_or(state.config.auth.max_queued_jobs));
+    let job = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            if let Some(cap) = cap {
+                let open = db::jobs::lock_and_count_open(conn, holder.id).await?;
+                if open >= i64::from(cap) {
+                    return Err(ApiError::too_many(
+                        crate::scheduler::QUEUE_CAP_REACHED,
+                        format!("this service token may have at most {cap} jobs queued or running at once; retry once some have ended"),
+                        super::leases::QUEUE_CAP_RETRY_SECS,
+                    ));
+                }
+            }
+            db::jobs::insert(conn, &new).await?.ok_or_else(|| {
+                ApiError::conflict("idempotency-race", "a job with this Idempotency-Key was just made; retry")
+            })
+        })
+        .await?;
     drop(conn);
 
     let lease = new_lease(LeaseSpec {
@@ -259,7 +279,7 @@ pub async fn create_job(
     });
     let refused = match state.scheduler.submit(lease).await {
         Ok(Answer::Accepted(..) | Answer::Replayed(_)) => None,
-        Ok(Answer::Refused { code, reason }) => Some(ApiError::unprocessable(code, reason)),
+        Ok(Answer::Refused { code, reason }) => Some(refusal(code, reason)),
         Err(e) => Some(e),
     };
     match refused {
@@ -308,20 +328,53 @@ pub async fn list_jobs(
     let mut conn = state.db().await?;
     let rows = db::jobs::list(&mut conn, scope, &query.state, page).await?;
     let (rows, next_cursor) = paginate(rows, &page, |j| j.id);
-    Ok(web::Json(JobPage { items: rows.into_iter().map(JobView::from).collect(), next_cursor }))
+    let readable = match scope {
+        Scope::Donor(donor) => {
+            let ids: Vec<JobId> = rows.iter().map(|j| j.id).collect();
+            Some(db::jobs::operated_by_donor(&mut conn, donor, &ids).await?)
+        }
+        _ => None,
+    };
+    let items = rows
+        .into_iter()
+        .map(|job| {
+            let withheld = readable.as_ref().is_some_and(|r| !r.contains(&job.id));
+            let view = JobView::from(job);
+            if withheld { view.withheld() } else { view }
+        })
+        .collect();
+    Ok(web::Json(JobPage { items, next_cursor }))
 }
 
-/// A job the caller may see, or 404.
-async fn find_visible(state: &AppState, caller: &Principal, id: JobId) -> Result<Job, ApiError> {
+impl JobView {
+    /// Without what the job ran: for the lender of the lab machine that ran it.
+    fn withheld(self) -> Self {
+        Self { command: None, env: None, ..self }
+    }
+}
+
+/// How much of a job a caller may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sight {
+    /// All of it: ops, its holder, the donor of a usage-right machine that ran it.
+    Whole,
+    /// That it ran, not what: the lender of a lab machine that ran it.
+    Outline,
+}
+
+/// A job the caller may see, and how much of it, or 404.
+async fn find_visible(state: &AppState, caller: &Principal, id: JobId) -> Result<(Job, Sight), ApiError> {
     let scope = scope(caller)?;
     let mut conn = state.db().await?;
     let job = db::jobs::find(&mut conn, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
-    let visible = match scope {
-        Scope::All => true,
-        Scope::Holder(holder) => job.holder_id == holder,
-        Scope::Donor(donor) => db::jobs::ran_on_donor(&mut conn, id, donor).await?,
+    let sight = match scope {
+        Scope::All => Some(Sight::Whole),
+        Scope::Holder(holder) => (job.holder_id == holder).then_some(Sight::Whole),
+        Scope::Donor(donor) => db::jobs::ran_on_donor(&mut conn, id, donor)
+            .await?
+            .map(|operated| if operated { Sight::Whole } else { Sight::Outline }),
     };
-    if visible { Ok(job) } else { Err(ApiError::not_found("job")) }
+    sight.map(|sight| (job, sight)).ok_or_else(|| ApiError::not_found("job"))
 }
 
 #[utoipa::path(
@@ -336,8 +389,9 @@ pub async fn get_job(
     caller: Principal,
     path: web::Path<JobId>,
 ) -> Result<web::Json<JobView>, ApiError> {
-    let job = find_visible(&state, &caller, path.into_inner()).await?;
-    Ok(web::Json(view(&state, job).await?))
+    let (job, sight) = find_visible(&state, &caller, path.into_inner()).await?;
+    let view = view(&state, job).await?;
+    Ok(web::Json(if sight == Sight::Whole { view } else { view.withheld() }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -368,7 +422,10 @@ pub async fn job_output(
     if !(1..=db::jobs::MAX_OUTPUT_BYTES).contains(&tail) {
         return Err(ApiError::invalid_field("tail", format!("must be between 1 and {}", db::jobs::MAX_OUTPUT_BYTES)));
     }
-    let job = find_visible(&state, &caller, path.into_inner()).await?;
+    let (job, sight) = find_visible(&state, &caller, path.into_inner()).await?;
+    if sight != Sight::Whole {
+        return Err(super::machines::lab_machine());
+    }
     let mut conn = state.db().await?;
     let (bytes, total) = db::jobs::output_tail(&mut conn, job.id, tail).await?;
     Ok(HttpResponse::Ok()
@@ -393,7 +450,7 @@ pub async fn cancel_job(
     caller: Principal,
     path: web::Path<JobId>,
 ) -> Result<web::Json<JobView>, ApiError> {
-    let job = find_visible(&state, &caller, path.into_inner()).await?;
+    let (job, _) = find_visible(&state, &caller, path.into_inner()).await?;
     may_change(&caller, job.holder_id, "job")?;
     let by = caller.actor().name;
     let mut conn = state.db().await?;

@@ -11,12 +11,13 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{page, page_type, paginate};
-use crate::auth::Principal;
+use crate::auth::{Principal, ServiceGrant};
 use crate::config::Config;
 use crate::db::leases::{Connection, Lease, NewLease, Scope};
 use crate::db::{self, Json as Jsonb};
 use crate::domain::CloudProvider;
 use crate::domain::cloud::{InstanceState, Market, Placement};
+use crate::domain::grant;
 use crate::domain::inventory::validate_labels;
 use crate::domain::lease::latest_end;
 use crate::domain::placement::Requirements;
@@ -189,16 +190,18 @@ pub(super) struct Holder {
     pub kind: HolderKind,
     pub id: uuid::Uuid,
     pub name: String,
+    /// A service token's grant; ops have none and may act for any tenant.
+    pub grant: Option<ServiceGrant>,
 }
 
 /// Who may hold leases and jobs: CI service accounts and ops.
 pub(super) fn holder(caller: &Principal, what: &str) -> Result<Holder, ApiError> {
     match caller {
-        Principal::Service { token_id, name } => {
-            Ok(Holder { kind: HolderKind::Service, id: token_id.0, name: name.clone() })
+        Principal::Service { token_id, name, grant } => {
+            Ok(Holder { kind: HolderKind::Service, id: token_id.0, name: name.clone(), grant: Some(grant.clone()) })
         }
         Principal::Admin { user_id, email } => {
-            Ok(Holder { kind: HolderKind::User, id: user_id.0, name: email.clone() })
+            Ok(Holder { kind: HolderKind::User, id: user_id.0, name: email.clone(), grant: None })
         }
         _ => Err(ApiError::forbidden(format!("{what} are for the ci and admin roles; you are `{}`", caller.role()))),
     }
@@ -225,17 +228,6 @@ fn visible(scope: Scope, lease: &Lease) -> bool {
     }
 }
 
-fn check_tenant(value: &str) -> Result<(), &'static str> {
-    let ok = (1..=64).contains(&value.len())
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-        && value.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err("must be 1 to 64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit")
-    }
-}
-
 pub(super) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
     let key = value
@@ -247,10 +239,25 @@ pub(super) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiEr
         .ok_or_else(|| ApiError::invalid_field("Idempotency-Key", "must be 1 to 200 visible ASCII characters"))
 }
 
+/// The error a request the scheduler refused gets: 429 for a token over its queue cap (retry
+/// once some of its leases are granted), 422 for the rest.
+pub(super) fn refusal(code: &'static str, reason: String) -> ApiError {
+    if code == crate::scheduler::QUEUE_CAP_REACHED {
+        ApiError::too_many(code, reason, QUEUE_CAP_RETRY_SECS)
+    } else {
+        ApiError::unprocessable(code, reason)
+    }
+}
+
+/// What a token over its queue cap is told to wait before trying again.
+pub(super) const QUEUE_CAP_RETRY_SECS: u64 = 30;
+
 /// Checks what every request for a machine carries (requirements, priority, tenant, how long
-/// it may wait), adding each problem to `errors`; returns the minutes it may wait.
+/// it may wait), and that the holder may ask for that tenant and priority, adding each problem
+/// to `errors`; returns the minutes it may wait.
 pub(super) fn check_demand(
     config: &Config,
+    holder: &Holder,
     r: &Requirements,
     priority: i32,
     tenant: &str,
@@ -270,8 +277,18 @@ pub(super) fn check_demand(
     if !(0..=100).contains(&priority) {
         errors.add("priority", "must be between 0 and 100");
     }
-    if let Err(problem) = check_tenant(tenant) {
+    if let Err(problem) = grant::check_tenant(tenant) {
         errors.add("tenant", problem);
+    } else if let Some(bound) = &holder.grant
+        && !grant::covers(&bound.tenants, tenant)
+    {
+        errors.add("tenant", format!("this token may act only for {}", bound.tenants.join(", ")));
+    }
+    if let Some(bound) = &holder.grant
+        && (0..=100).contains(&priority)
+        && priority > bound.max_priority
+    {
+        errors.add("priority", format!("must be at most {} for this token", bound.max_priority));
     }
     let wait = max_wait_minutes.unwrap_or(config.lease_default_wait_minutes);
     if !(0..=10_080).contains(&wait) {
@@ -351,6 +368,7 @@ fn validate(
     let mut errors = FieldErrors::new();
     let wait = check_demand(
         config,
+        holder,
         &request.requirements,
         request.priority,
         &request.tenant,
@@ -504,7 +522,7 @@ pub async fn create_lease(
     let (lease, connection, replayed) = match state.scheduler.submit(new).await? {
         Answer::Accepted(lease, connection) => (lease, connection, false),
         Answer::Replayed(lease) => (lease, None, true),
-        Answer::Refused { code, reason } => return Err(ApiError::unprocessable(code, reason)),
+        Answer::Refused { code, reason } => return Err(refusal(code, reason)),
     };
     if let (LeaseState::Granted, Some(connection)) = (lease.state, connection) {
         // Granted at once: everything needed is at hand.

@@ -236,7 +236,7 @@ pub struct LabelEdit {
     ),
 )]
 #[patch("/machines/{id}/labels")]
-/// Add, change or remove labels. Ops, or the machine's donor.
+/// Add, change or remove labels. Ops, or the donor of a usage-right machine.
 pub async fn edit_labels(
     state: web::Data<AppState>,
     caller: Principal,
@@ -257,7 +257,7 @@ pub async fn edit_labels(
     let mut conn = state.db().await?;
     let updated = conn
         .transaction::<_, ApiError, _>(async move |conn| {
-            let machine = lock_visible(conn, id.into_inner(), scope).await?;
+            let machine = lock_operable(conn, id.into_inner(), scope).await?;
             let mut labels = machine.labels.0.clone();
             labels.extend(edit.set);
             for key in &edit.remove {
@@ -484,7 +484,7 @@ pub async fn cut_off_machine_agent(
     let mut conn = state.db().await?;
     let cut_off = conn
         .transaction::<_, ApiError, _>(async |conn| {
-            let machine = lock_visible(conn, id.into_inner(), scope).await?;
+            let machine = lock_operable(conn, id.into_inner(), scope).await?;
             let cut_off = cut_off_agent(conn, machine.id).await?;
             if cut_off.credentials_revoked + cut_off.enrollment_tokens_revoked > 0 {
                 let entry =
@@ -496,6 +496,29 @@ pub async fn cut_off_machine_agent(
         .await?;
     state.agents.evict(&cut_off.credentials);
     Ok(web::Json(cut_off))
+}
+
+/// Locks a machine the caller may operate: ops any, a donor its own under a usage right. A
+/// donor's machine in the foundation's lab (given or lent) is answered 403: visible, not theirs
+/// to act on.
+async fn lock_operable(conn: &mut AsyncPgConnection, id: MachineId, scope: DonorScope) -> Result<Machine, ApiError> {
+    let machine = lock_visible(conn, id, scope).await?;
+    if scope.only().is_some() {
+        let donation = find_donation(conn, machine.donation_id).await?;
+        if !donation.is_some_and(|d| d.model.donor_operates()) {
+            return Err(lab_machine());
+        }
+    }
+    Ok(machine)
+}
+
+/// 403 for a lender acting on a machine in the foundation's lab.
+pub(crate) fn lab_machine() -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::FORBIDDEN,
+        "lab-machine",
+        "the machine is in the foundation's lab (given or lent): its donor may read it, only ops act on it",
+    )
 }
 
 /// Locks a machine the caller may see, or answers 404.
@@ -552,7 +575,7 @@ fn detail(machine: Machine, donation: Option<&Donation>, caller: &Principal) -> 
 )]
 #[post("/machines/{id}/enrollment-token")]
 /// Issue a one-time token that enrolls this machine's agent (any unused earlier token is
-/// revoked). Ops, or the machine's donor. The token is shown once.
+/// revoked). Ops, or the donor of a usage-right machine. The token is shown once.
 pub async fn issue_enrollment_token(
     state: web::Data<AppState>,
     caller: Principal,
@@ -565,7 +588,7 @@ pub async fn issue_enrollment_token(
     let mut conn = state.db().await?;
     let issued = conn
         .transaction::<_, ApiError, _>(async |conn| {
-            let machine = lock_visible(conn, id.into_inner(), scope).await?;
+            let machine = lock_operable(conn, id.into_inner(), scope).await?;
             if !is_monitored(machine.lifecycle) {
                 return Err(ApiError::conflict(
                     "machine-not-enrollable",
@@ -607,7 +630,7 @@ pub(crate) async fn issue_enrollment(
 #[post("/machines/{id}/ssh-probe")]
 /// Ask for an SSH probe of the machine at the next round: its facts are collected and
 /// compared with its declaration. Asking again before that round changes nothing: a machine
-/// is probed at most once a round. Ops, or the machine's donor.
+/// is probed at most once a round. Ops, or the donor of a usage-right machine.
 pub async fn request_ssh_probe(
     state: web::Data<AppState>,
     caller: Principal,
@@ -617,7 +640,7 @@ pub async fn request_ssh_probe(
     let actor = caller.actor();
     let mut conn = state.db().await?;
     conn.transaction::<_, ApiError, _>(async |conn| {
-        let machine = lock_visible(conn, id.into_inner(), scope).await?;
+        let machine = lock_operable(conn, id.into_inner(), scope).await?;
         if machine.ssh_host.is_none() {
             return Err(ApiError::conflict("no-ssh-endpoint", "the machine has no SSH endpoint to probe"));
         }

@@ -1,6 +1,7 @@
-//! Service-account tokens (role `ci`): issued by ops with an expiry, revocable.
+//! Service-account tokens (role `ci`): issued by ops with an expiry, bound to the tenants they
+//! act for, a priority ceiling and caps on what they queue; revocable.
 
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::{HttpResponse, get, patch, post, web};
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
@@ -9,8 +10,9 @@ use utoipa::ToSchema;
 use super::{PageQuery, page, page_type, paginate};
 use crate::auth::{Principal, TokenKind};
 use crate::db;
-use crate::db::api_tokens::{ApiToken, NewApiToken};
+use crate::db::api_tokens::{ApiToken, GrantChange, NewApiToken};
 use crate::db::audit::{self, Change};
+use crate::domain::grant::check_tenant_patterns;
 use crate::domain::validation::check_text;
 use crate::domain::{FieldErrors, Role, TokenId, UserId};
 use crate::error::{ApiError, ErrorBody};
@@ -29,6 +31,14 @@ pub struct ServiceTokenView {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<UserId>,
+    /// Tenants it acts for: names, or beginnings of names followed by `*`.
+    pub tenants: Vec<String>,
+    /// The highest priority it may ask for.
+    pub max_priority: i32,
+    /// Leases it may have queued at once; `null`: the server's default.
+    pub max_queued_leases: Option<i32>,
+    /// Jobs it may have queued or running at once; `null`: the server's default.
+    pub max_queued_jobs: Option<i32>,
 }
 
 impl From<ApiToken> for ServiceTokenView {
@@ -42,6 +52,10 @@ impl From<ApiToken> for ServiceTokenView {
             expires_at: t.expires_at,
             revoked_at: t.revoked_at,
             revoked_by: t.revoked_by,
+            tenants: t.tenants,
+            max_priority: t.max_priority,
+            max_queued_leases: t.max_queued_leases,
+            max_queued_jobs: t.max_queued_jobs,
         }
     }
 }
@@ -65,10 +79,48 @@ pub struct NewServiceTokenRequest {
     #[serde(default = "default_days")]
     #[schema(default = 90, minimum = 1, maximum = 366)]
     pub expires_in_days: i64,
+    /// Tenants it may act for: names (`sig-riscv`), beginnings followed by `*` (`sig-*`), or
+    /// `*` for any. At least one.
+    #[serde(default)]
+    #[schema(min_items = 1, max_items = 100, example = json!(["sig-riscv", "ci-*"]))]
+    pub tenants: Vec<String>,
+    /// The highest priority it may ask for (0 to 100); default 100.
+    #[serde(default = "default_ceiling")]
+    #[schema(default = 100, minimum = 0, maximum = 100)]
+    pub max_priority: i32,
+    /// Leases it may have queued at once; default: the server's `auth.max_queued_leases`.
+    #[schema(minimum = 0, maximum = 100000)]
+    pub max_queued_leases: Option<i32>,
+    /// Jobs it may have queued or running at once; default: the server's `auth.max_queued_jobs`.
+    #[schema(minimum = 0, maximum = 100000)]
+    pub max_queued_jobs: Option<i32>,
 }
 
 fn default_days() -> i64 {
     90
+}
+
+fn default_ceiling() -> i32 {
+    100
+}
+
+fn check_grant(
+    errors: &mut FieldErrors,
+    tenants: Option<&[String]>,
+    max_priority: Option<i32>,
+    caps: [(&str, Option<i32>); 2],
+) {
+    if let Some(tenants) = tenants {
+        check_tenant_patterns("tenants", tenants, errors);
+    }
+    if max_priority.is_some_and(|p| !(0..=100).contains(&p)) {
+        errors.add("max_priority", "must be between 0 and 100");
+    }
+    for (field, cap) in caps {
+        if cap.is_some_and(|c| !(0..=100_000).contains(&c)) {
+            errors.add(field, "must be between 0 and 100000");
+        }
+    }
 }
 
 #[utoipa::path(
@@ -93,6 +145,12 @@ pub async fn issue_service_token(
     if !(1..=366).contains(&request.expires_in_days) {
         errors.add("expires_in_days", "must be between 1 and 366");
     }
+    check_grant(
+        &mut errors,
+        Some(&request.tenants),
+        Some(request.max_priority),
+        [("max_queued_leases", request.max_queued_leases), ("max_queued_jobs", request.max_queued_jobs)],
+    );
     errors.into_result()?;
 
     let actor = caller.actor();
@@ -108,6 +166,10 @@ pub async fn issue_service_token(
                 machine_id: None,
                 created_by,
                 expires_at: Utc::now() + Duration::days(request.expires_in_days),
+                tenants: &request.tenants,
+                max_priority: request.max_priority,
+                max_queued_leases: request.max_queued_leases,
+                max_queued_jobs: request.max_queued_jobs,
             };
             let record = ServiceTokenView::from(db::api_tokens::insert(conn, &new).await?);
             let token = tokens
@@ -180,6 +242,84 @@ pub async fn revoke_service_token(
                 conn,
                 &actor,
                 &[Change::new("service_token.revoked", "service_token", after.id)
+                    .before(&ServiceTokenView::from(before))
+                    .after(&after)],
+            )
+            .await?;
+            Ok(after)
+        })
+        .await?;
+    Ok(web::Json(view))
+}
+
+/// A change to what a service token may do; fields left out stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTokenChange {
+    #[schema(min_items = 1, max_items = 100)]
+    pub tenants: Option<Vec<String>>,
+    #[schema(minimum = 0, maximum = 100)]
+    pub max_priority: Option<i32>,
+    /// `null` returns to the server's default.
+    #[serde(default, deserialize_with = "crate::domain::validation::double_option")]
+    #[schema(value_type = Option<i32>, minimum = 0, maximum = 100000)]
+    pub max_queued_leases: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "crate::domain::validation::double_option")]
+    #[schema(value_type = Option<i32>, minimum = 0, maximum = 100000)]
+    pub max_queued_jobs: Option<Option<i32>>,
+}
+
+#[utoipa::path(
+    tag = "service-tokens",
+    params(("id" = TokenId, Path, description = "Token id")),
+    request_body = ServiceTokenChange,
+    responses(
+        (status = 200, body = ServiceTokenView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+)]
+#[patch("/service-tokens/{id}")]
+/// Change the tenants a service token acts for, its priority ceiling or its queue caps. What
+/// it already queued stays queued. Ops only.
+pub async fn change_service_token(
+    state: web::Data<AppState>,
+    caller: Principal,
+    id: web::Path<TokenId>,
+    body: Json<ServiceTokenChange>,
+) -> Result<web::Json<ServiceTokenView>, ApiError> {
+    caller.require_admin()?;
+    let change = body.into_inner();
+    let mut errors = FieldErrors::new();
+    check_grant(
+        &mut errors,
+        change.tenants.as_deref(),
+        change.max_priority,
+        [
+            ("max_queued_leases", change.max_queued_leases.flatten()),
+            ("max_queued_jobs", change.max_queued_jobs.flatten()),
+        ],
+    );
+    errors.into_result()?;
+    let actor = caller.actor();
+    let mut conn = state.db().await?;
+    let view = conn
+        .transaction::<_, ApiError, _>(async move |conn| {
+            let before = db::api_tokens::find(conn, id.into_inner())
+                .await?
+                .filter(|t| t.role == Role::Ci)
+                .ok_or_else(|| ApiError::not_found("service-token"))?;
+            let grant = GrantChange {
+                tenants: change.tenants,
+                max_priority: change.max_priority,
+                max_queued_leases: change.max_queued_leases,
+                max_queued_jobs: change.max_queued_jobs,
+            };
+            let after = ServiceTokenView::from(db::api_tokens::change_grant(conn, before.id, &grant).await?);
+            audit::record(
+                conn,
+                &actor,
+                &[Change::new("service_token.changed", "service_token", after.id)
                     .before(&ServiceTokenView::from(before))
                     .after(&after)],
             )

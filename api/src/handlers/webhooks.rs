@@ -162,13 +162,15 @@ pub async fn create_webhook(
     let created_by = caller.user_id().map(|u| u.0);
     let event_types = type_names(request.event_types);
     let secret = new_secret();
+    // Stored sealed: a copy of the database alone cannot forge deliveries.
+    let sealed = state.data_keys.seal(&secret);
     let mut conn = state.db().await?;
     let webhook = conn
         .transaction::<_, ApiError, _>(async |conn| {
             let new = NewSubscription {
                 id: Uuid::now_v7(),
                 url: &request.url,
-                secret: &secret,
+                secret: &sealed,
                 event_types: &event_types,
                 description: request.description.as_deref(),
                 created_by,

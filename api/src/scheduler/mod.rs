@@ -233,8 +233,12 @@ pub async fn round_with(
                 ));
             }
 
+            // A service token past its cap on queued leases is told to come back later.
+            let capped = cap_queues(conn, config, &fresh).await?;
+
             // Place: leases whose cloud instance is ready take it; the plan gives out the rest.
             let mut queue = db::leases::queued(conn, MAX_QUEUE).await?;
+            queue.retain(|l| !capped.contains_key(&l.id));
             let clouds = !config.clouds.accounts.is_empty();
             let bound = if clouds { db::clouds::bound_ready(conn).await? } else { Vec::new() };
             let bound_leases: HashSet<LeaseId> = bound.iter().map(|b| b.lease).collect();
@@ -265,6 +269,7 @@ pub async fn round_with(
             // Refuse what nothing could ever take; send to a cloud what the labs cannot place
             // soon enough.
             let mut refused = judge(conn, config, &mut snap, &fresh, &placed).await?;
+            refused.extend(capped);
             let burst = burst::run(conn, config, &queue, &placed, &fresh, &mut refused).await?;
             for lease in queue.iter_mut() {
                 if let Some(note) = burst.notes.get(&lease.id) {
@@ -421,6 +426,47 @@ async fn judge(
     }
     Ok(refused)
 }
+
+/// The new requests beyond their service token's cap on queued leases (its own, or the
+/// configuration's), in the order they came. Counted under the placement lock, so concurrent
+/// requests cannot all slip under the cap.
+async fn cap_queues(
+    conn: &mut AsyncPgConnection,
+    config: &Config,
+    fresh: &[NewLease],
+) -> Result<HashMap<LeaseId, Refusal>, ApiError> {
+    let holders: Vec<uuid::Uuid> = fresh
+        .iter()
+        .filter(|l| l.job_id.is_none() && l.holder_kind == crate::domain::HolderKind::Service)
+        .map(|l| l.holder_id)
+        .collect();
+    if holders.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<LeaseId> = fresh.iter().map(|l| l.id).collect();
+    let mut room: HashMap<uuid::Uuid, (i64, i64)> = db::leases::queued_lease_caps(conn, &holders, &ids)
+        .await?
+        .into_iter()
+        .map(|(holder, cap, queued)| (holder, (i64::from(cap.unwrap_or(config.auth.max_queued_leases)), queued)))
+        .collect();
+    let mut capped = HashMap::new();
+    for lease in fresh.iter().filter(|l| l.job_id.is_none()) {
+        if let Some((cap, queued)) = room.get_mut(&lease.holder_id) {
+            if *queued >= *cap {
+                let reason = format!(
+                    "this service token may have at most {cap} leases queued at once; retry once some are granted"
+                );
+                capped.insert(lease.id, Refusal { code: QUEUE_CAP_REACHED, reason });
+            } else {
+                *queued += 1;
+            }
+        }
+    }
+    Ok(capped)
+}
+
+/// The refusal code of a request over its token's queue cap (answered 429).
+pub const QUEUE_CAP_REACHED: &str = "queue-cap-reached";
 
 /// Why a new request is refused.
 #[derive(Debug, Clone)]

@@ -63,7 +63,10 @@ pub async fn deliver_due(state: &AppState) -> anyhow::Result<DeliveryReport> {
             break;
         }
         let outcomes = join_all(due.iter().map(|delivery| async move {
-            let outcome = send(delivery, timeout).await;
+            let outcome = match state.data_keys.open_or_plain(&delivery.secret) {
+                Ok(secret) => send(delivery, &secret, timeout).await,
+                Err(e) => Err((None, format!("the subscription's secret cannot be opened: {e:#}"))),
+            };
             let mut conn = state.pool.get().await?;
             let counted = match outcome {
                 Ok(status) => {
@@ -143,7 +146,7 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-async fn send(delivery: &DueDelivery, timeout: StdDuration) -> Result<i32, (Option<i32>, String)> {
+async fn send(delivery: &DueDelivery, secret: &str, timeout: StdDuration) -> Result<i32, (Option<i32>, String)> {
     let body = serde_json::to_vec(&cloudevent(delivery)).map_err(|e| (None, e.to_string()))?;
     let id = delivery.event_id.to_string();
     let timestamp = Utc::now().timestamp();
@@ -153,7 +156,7 @@ async fn send(delivery: &DueDelivery, timeout: StdDuration) -> Result<i32, (Opti
         .header("content-type", "application/cloudevents+json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", sign(&delivery.secret, &id, timestamp, &body))
+        .header("webhook-signature", sign(secret, &id, timestamp, &body))
         .body(body)
         .send()
         .await

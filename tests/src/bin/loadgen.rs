@@ -23,7 +23,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use fleetyard::auth::{TokenKeys, TokenKind};
 use fleetyard::config::{Config, Secret};
 use fleetyard::db::{self, Json};
-use fleetyard::domain::{Arch, LifecycleState, MachineId, Role, TokenId};
+use fleetyard::domain::{Arch, LifecycleState, MachineId, TokenId};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -280,14 +280,7 @@ async fn setup(database_url: &str, secret: &str, identities: usize, out: &PathBu
         let tokens: Vec<(TokenId, MachineId)> = inserted.iter().map(|m| (TokenId::generate(), m.id)).collect();
         let rows: Vec<db::api_tokens::NewApiToken<'_>> = tokens
             .iter()
-            .map(|(id, machine)| db::api_tokens::NewApiToken {
-                id: *id,
-                name: "loadgen agent",
-                role: Role::Agent,
-                machine_id: Some(*machine),
-                created_by: None,
-                expires_at,
-            })
+            .map(|(id, machine)| db::api_tokens::NewApiToken::agent(*id, "loadgen agent", *machine, expires_at))
             .collect();
         db::api_tokens::insert_many(&mut conn, &rows).await?;
         for (id, _) in &tokens {

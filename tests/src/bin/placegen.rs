@@ -131,6 +131,11 @@ async fn setup(database_url: &str, secret: &str, count: usize, out: &PathBuf) ->
             machine_id: None,
             created_by: None,
             expires_at,
+            tenants: &["*".to_owned()],
+            max_priority: 100,
+            // The benchmark's whole burst may wait at once.
+            max_queued_leases: Some(100_000),
+            max_queued_jobs: Some(100_000),
         }],
     )
     .await?;

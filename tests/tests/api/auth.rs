@@ -187,7 +187,18 @@ async fn a_disabled_user_is_locked_out_and_can_be_let_back_in() {
     app.patch(&format!("/api/v1/users/{}", world.b.user_id), &world.admin, json!({ "disabled": false }))
         .await
         .expect(200);
-    app.get("/api/v1/donations", &world.b.token).await.expect(200);
+    // Let back in, the user logs in again: the sessions of before stay ended.
+    app.get("/api/v1/donations", &world.b.token).await.expect(401);
+    let login = app
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(&json!({ "email": "staff@westlakeopenhardwarelab.example", "password": PASSWORD })),
+        )
+        .await
+        .expect(200);
+    app.get("/api/v1/donations", login.body["token"].as_str().unwrap()).await.expect(200);
     // Ops cannot lock themselves out.
     let own = app
         .patch(&format!("/api/v1/users/{}", world.admin_id), &world.admin, json!({ "disabled": true }))

@@ -87,13 +87,15 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         json!({ "arch": "riscv64", "kernel": "k", "os_release": "o", "cpu_model": "c", "cpu_count": 8, "memory_mib": 16384, "disk_gib": 256 }),
     );
     // A lab machine with a lease on it, held by the CI account and donated by donor A.
-    app.ready_pool(&w, "ownership", None, vec![pool_machine("x86_64", "LX-1", 8, 16)]).await;
+    let lab_machine =
+        app.ready_pool(&w, "ownership", None, vec![pool_machine("x86_64", "LX-1", 8, 16)]).await.remove(0);
     let runner =
         json!({ "requirements": { "arch": "x86_64" }, "purpose": "ci", "duration_minutes": 30, "tenant": "ci-gate" });
     let lease = app.post("/api/v1/leases", &w.ci, runner.clone()).await.expect(201);
     let lease_id = id_of(&lease.body);
     // A job of the CI account, queued behind that lease; once the lease is released (below) it
-    // runs on donor A's machine, so donor A may look at it, but not cancel it.
+    // runs on donor A's machine, in the foundation's lab: donor A may see that it ran, but not
+    // what it printed, nor cancel it.
     let build = json!({ "requirements": { "arch": "x86_64" }, "purpose": "build", "command": "make", "timeout_secs": 60, "tenant": "ci-gate" });
     let job = app.post("/api/v1/jobs", &w.ci, build.clone()).await.expect(201);
     let job_id = id_of(&job.body);
@@ -107,12 +109,17 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         row(Method::GET,   "/readyz", None,                                       [In,              In,        In,        In,          In,        In]),
         row(Method::GET,   "/api/openapi.json", None,                             [In,              In,        In,        In,          In,        In]),
         row(Method::GET,   "/api/v1/auth/me", None,                               [Unauthenticated, In,        In,        In,          In,        In]),
+        // A wrong current password: people are heard (and refused), tokens have no password.
+        row(Method::POST,  "/api/v1/auth/password", Some(json!({"current_password": "wrong", "new_password": "a long new password"})),
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Unauthenticated, Unauthenticated, Unauthenticated]),
         row(Method::GET,   "/api/v1/users", None,                                 [Unauthenticated, Forbidden, Forbidden, In,          In,        In]),
         row(Method::POST,  "/api/v1/users", Some(donor_user.clone()),             [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
         row(Method::PATCH, format!("/api/v1/users/{}", b.user_id), Some(json!({"display_name": "B"})),
                                                                                   [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
         row(Method::GET,   "/api/v1/service-tokens", None,                        [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
-        row(Method::POST,  "/api/v1/service-tokens", Some(json!({"name": "x"})),  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::POST,  "/api/v1/service-tokens", Some(json!({"name": "x", "tenants": ["x"]})),  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
+        row(Method::PATCH, format!("/api/v1/service-tokens/{}", w.ci_token_id), Some(json!({"max_priority": 100})),
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, In]),
         row(Method::POST,  format!("/api/v1/service-tokens/{}/revoke", uuid::Uuid::now_v7()), None,
                                                                                   [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
         row(Method::POST,  "/api/v1/donors", Some(json!({"name": "D", "kind": "company", "time_zone": "UTC"})),
@@ -176,7 +183,7 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         row(Method::POST,  "/api/v1/jobs", Some(build),                           [Unauthenticated, Forbidden, In,        Forbidden,   Forbidden, In]),
         row(Method::GET,   "/api/v1/jobs", None,                                  [Unauthenticated, Forbidden, In,        In,          In,        In]),
         row(Method::GET,   format!("/api/v1/jobs/{job_id}"), None,                [Unauthenticated, Forbidden, In,        Hidden,      In,        In]),
-        row(Method::GET,   format!("/api/v1/jobs/{job_id}/output"), None,         [Unauthenticated, Forbidden, In,        Hidden,      In,        In]),
+        row(Method::GET,   format!("/api/v1/jobs/{job_id}/output"), None,         [Unauthenticated, Forbidden, In,        Hidden,      Forbidden, In]),
         row(Method::POST,  format!("/api/v1/jobs/{job_id}/cancel"), None,         [Unauthenticated, Forbidden, In,        Hidden,      Forbidden, In]),
         row(Method::GET,   "/api/v1/agent/work?wait=0", None,                     [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
         // Not this agent's job: as if it did not exist.
@@ -199,11 +206,24 @@ async fn every_endpoint_answers_every_kind_of_caller_as_its_rule_says() {
         row(Method::GET,   format!("/api/v1/cloud-imports/{}", uuid::Uuid::now_v7()), None,
                                                                                   [Unauthenticated, Forbidden, Forbidden, Forbidden,   Forbidden, Hidden]),
         row(Method::POST,  "/api/v1/agent/heartbeat", Some(heartbeat),            [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
+        // Donor A's machine in the foundation's lab: it may read it, not act on it.
+        row(Method::GET,   format!("/api/v1/machines/{lab_machine}"), None,       [Unauthenticated, Forbidden, In,        Hidden,      In,        In]),
+        row(Method::PATCH, format!("/api/v1/machines/{lab_machine}/labels"), Some(json!({"set": {"k": "v"}})),
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Hidden,      Forbidden, In]),
+        row(Method::POST,  format!("/api/v1/machines/{lab_machine}/enrollment-token"), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Hidden,      Forbidden, In]),
+        row(Method::POST,  format!("/api/v1/machines/{lab_machine}/ssh-probe"), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Hidden,      Forbidden, In]),
+        row(Method::DELETE, format!("/api/v1/machines/{lab_machine}/agent"), None,
+                                                                                  [Unauthenticated, Forbidden, Forbidden, Hidden,      Forbidden, In]),
         // Near the end: renewing replaces the agent's credential.
         row(Method::POST,  "/api/v1/agent/credential", None,                      [Unauthenticated, In,        Forbidden, Forbidden,   Forbidden, Forbidden]),
         // And after it: cutting the agent off revokes that credential.
         row(Method::DELETE, format!("/api/v1/machines/{machine_id}/agent"), None,
                                                                                   [Unauthenticated, Forbidden, Forbidden, Hidden,      In,        In]),
+        // Last: logging out ends the sessions every later row would use. (The agent was cut
+        // off above.)
+        row(Method::POST,  "/api/v1/auth/logout", None,                           [Unauthenticated, Unauthenticated, Forbidden, In,    In,        In]),
     ];
 
     let tokens = [

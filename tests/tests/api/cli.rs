@@ -19,6 +19,7 @@ fn fleetyard(db: &TestDb) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("FLEETYARD_DATABASE_URL", &db.url)
         .env("FLEETYARD_JWT_SECRET", SECRET)
+        .env("FLEETYARD_AUTH__DATA_KEY", "cli-test-data-key-of-at-least-32-bytes")
         .kill_on_drop(true);
     command
 }

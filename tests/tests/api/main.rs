@@ -16,5 +16,6 @@ mod openapi;
 mod schedules;
 mod ssh;
 mod system;
+mod trust;
 mod validation;
 mod webhooks;

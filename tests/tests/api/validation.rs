@@ -128,7 +128,7 @@ async fn bad_donors_sites_users_and_labels_are_refused_naming_the_field() {
         (Method::POST, "/api/v1/users".into(), json!({ "email": "x@", "display_name": "X", "password": "short", "role": "donor" }), 422, vec!["email", "password", "donor_id"]),
         (Method::POST, "/api/v1/users".into(), json!({ "email": "ci@example.org", "display_name": "X", "password": "long enough password", "role": "ci" }), 422, vec!["role"]),
         (Method::POST, "/api/v1/users".into(), json!({ "email": "STAFF@plumtreesemiconductor.example", "display_name": "X", "password": "long enough password", "role": "donor", "donor_id": w.a.id }), 409, vec![]),
-        (Method::POST, "/api/v1/service-tokens".into(), json!({ "name": "", "expires_in_days": 0 }), 422, vec!["name", "expires_in_days"]),
+        (Method::POST, "/api/v1/service-tokens".into(), json!({ "name": "", "expires_in_days": 0 }), 422, vec!["name", "expires_in_days", "tenants"]),
         (Method::PATCH, format!("/api/v1/machines/{board}/labels"), json!({ "set": { "-x": "v" } }), 422, vec!["set.-x"]),
         (Method::PATCH, format!("/api/v1/machines/{board}/labels"), json!({ "set": { "k": "v" }, "remove": ["k"] }), 422, vec!["remove[0]"]),
         (Method::POST, format!("/api/v1/machines/{board}/transitions"), json!({ "to": "approved", "location": { "rack": "A", "slot": "1" } }), 422, vec!["location"]),

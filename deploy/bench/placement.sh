@@ -40,6 +40,8 @@ bin=${CARGO_TARGET_DIR:-target}/release
 work=.local/bench/placement
 mkdir -p "$work"
 secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+FLEETYARD_AUTH__DATA_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export FLEETYARD_AUTH__DATA_KEY
 
 FLEETYARD_DATABASE_URL=$db_url FLEETYARD_JWT_SECRET=$secret FLEETYARD_LOG_FILTER=warn "$bin/fleetyard" migrate
 "$bin/fleetyard-placegen" setup --database-url "$db_url" --jwt-secret "$secret" --machines "$MACHINES" \

@@ -3,11 +3,15 @@
 //! threads, blocking I/O, no async runtime; pure Rust throughout so it builds for riscv64 and
 //! loongarch64.
 
+mod accounts;
+mod cgroup;
 mod client;
 mod config;
+mod confine;
 mod credential;
 mod facts;
 mod jobs;
+mod leases;
 mod run;
 mod work;
 
@@ -67,10 +71,47 @@ enum Command {
     AuthorizedKeys { user: String },
     /// Print the facts and metrics a heartbeat would carry, as JSON.
     Facts,
+    /// Internal: run by the agent to start a job (read on standard input) in its cgroup, as
+    /// its user.
+    #[command(hide = true)]
+    StartJob,
+    /// Internal: run by the agent to become an account and kill its processes, empty a
+    /// directory of its, and fill that again from a skeleton.
+    #[command(hide = true)]
+    ResetAccount {
+        #[arg(long)]
+        uid: u32,
+        #[arg(long)]
+        gid: u32,
+        #[arg(long)]
+        kill_all: bool,
+        #[arg(long)]
+        empty: Option<PathBuf>,
+        #[arg(long, requires = "empty")]
+        skeleton: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The helpers act for the agent, which has already read its configuration.
+    match cli.command {
+        Command::StartJob => {
+            say!("error", "{}", confine::start_job());
+            return ExitCode::from(127);
+        }
+        Command::ResetAccount { uid, gid, kill_all, empty, skeleton } => {
+            let reset = confine::Reset { kill_all, empty, skeleton };
+            return match confine::reset_account(confine::Ids { uid, gid }, &reset) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    say!("error", "{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let settings = match config::Settings::load(&cli.config, cli.server, cli.state_dir, cli.ca_file, cli.lease_user) {
         Ok(settings) => settings,
         Err(e) => {
@@ -93,6 +134,7 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
             Ok(())
         }),
+        Command::StartJob | Command::ResetAccount { .. } => unreachable!("helpers return above"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ use crate::client::{CallError, Client, Credential};
 use crate::config::Settings;
 use crate::credential::{self, Stored};
 use crate::facts::{self, Facts};
-use crate::{jobs, say, work};
+use crate::{jobs, leases, say, work};
 
 /// The longest wait between attempts while the server is unreachable. After an outage of its
 /// own the server waits this long for agents to come back before it judges their silence
@@ -172,7 +172,10 @@ pub fn heartbeats(settings: &Settings) -> Result<(), String> {
         credential: shared.clone(),
         state_dir: settings.state_dir.clone(),
     };
-    work::start(Client::new(&server, settings.ca_file.as_deref())?, reach, stop.clone());
+    let previous = work::load(&settings.state_dir).map(|w| w.leases).unwrap_or_default();
+    let sessions = leases::Sessions::new(settings, &previous);
+    let setup = jobs::Setup::prepare(settings, settings.lease_user.as_deref());
+    work::start(Client::new(&server, settings.ca_file.as_deref())?, reach, setup, sessions, stop.clone());
     let mut keeper =
         Keeper { state_dir: &settings.state_dir, server, stored, shared, unsaved: false, next_renewal: Instant::now() };
 

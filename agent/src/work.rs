@@ -1,10 +1,4 @@
-//! Work from Fleetyard: the SSH keys of the leases this machine holds, and jobs to run.
-//!
-//! A thread long-polls `GET /agent/work` and writes what it hears to `work.json` in the state
-//! directory (mode 0600), the moment it hears it. sshd asks for the keys through
-//! `AuthorizedKeysCommand fleetyard-agent authorized-keys %u`, which reads that file and lets
-//! in only keys whose lease has not expired: a key stops working at its lease's end even if
-//! the agent or the network is down.
+//! Work from Fleetyard: the leases this machine holds (their SSH keys) and jobs to run, heard by long poll.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +8,7 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use crate::client::{CallError, Client, Work};
-use crate::{credential, jobs, say};
+use crate::{credential, jobs, leases, say};
 
 /// How long one poll may be held by the server.
 const POLL_SECS: u64 = 25;
@@ -25,22 +19,46 @@ fn path(state_dir: &Path) -> PathBuf {
 
 /// Starts the work thread. It reads the credential from `reach` at each poll, so a renewed or
 /// replaced one is used at once.
-pub fn start(client: Client, reach: jobs::Reach, stop: Arc<AtomicBool>) {
+///
+/// It long-polls `GET /agent/work` and writes what it hears to `work.json` in the state
+/// directory (mode 0600), the moment it hears it. sshd asks for the keys through
+/// `AuthorizedKeysCommand fleetyard-agent authorized-keys %u`, which reads that file and lets
+/// in only keys whose lease has not expired: a key stops working at its lease's end even if
+/// the agent or the network is down. When the leases in force are over, the lease account is
+/// reset (`leases`) before the next lease's key is let in. A poll waits no longer than until
+/// the next lease's end.
+pub fn start(
+    client: Client,
+    reach: jobs::Reach,
+    setup: jobs::Setup,
+    mut sessions: leases::Sessions,
+    stop: Arc<AtomicBool>,
+) {
     let spawned = thread::Builder::new().name("work".into()).stack_size(256 * 1024).spawn(move || {
         let (state_dir, credential) = (reach.state_dir.clone(), reach.credential.clone());
         // Jobs a previous run of the agent left behind are ended; the server hands out again
         // whatever should still run. So the first poll does not wait.
-        jobs::end_leftovers(&state_dir);
+        jobs::end_leftovers(&state_dir, &setup);
         let mut since: Option<String> = None;
-        let mut runner = jobs::Runner::default();
+        let mut runner = jobs::Runner::new(setup);
         let mut failures: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
+            sessions.tick(SystemTime::now());
             let current = credential.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            match client.work(&current, since.as_deref(), POLL_SECS) {
+            let wait = sessions.poll_wait(POLL_SECS, SystemTime::now());
+            match client.work(&current, since.as_deref(), wait) {
                 Ok(work) => {
                     failures = 0;
                     if since.as_deref() != Some(work.version.as_str()) {
                         runner.reconcile(&work.jobs, &reach);
+                        if sessions.take(&work.leases, SystemTime::now()) {
+                            // Every key out first, so that no one logs in again mid-reset.
+                            let locked = Work { leases: Vec::new(), ..work.clone() };
+                            if let Err(e) = save(&state_dir, &locked) {
+                                say!("warn", "could not lock the lease account out: {e}");
+                            }
+                            sessions.reset();
+                        }
                         match save(&state_dir, &work) {
                             Ok(()) => {
                                 say!(
@@ -79,7 +97,8 @@ pub fn start(client: Client, reach: jobs::Reach, stop: Arc<AtomicBool>) {
     }
 }
 
-fn load(state_dir: &Path) -> Result<Work, String> {
+/// The work last saved (a previous run's, at start).
+pub fn load(state_dir: &Path) -> Result<Work, String> {
     let file = path(state_dir);
     let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))

@@ -5,6 +5,7 @@
 //! The tests need `FLEETYARD_TEST_DATABASE_URL` pointing at a PostgreSQL server the tests may
 //! create databases on; `deploy/test` starts a private one and sets it.
 
+pub mod accounts;
 pub mod agent;
 pub mod app;
 pub mod bench;

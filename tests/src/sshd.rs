@@ -1,5 +1,6 @@
 //! A real OpenSSH server (Debian's `openssh-server`) on a loopback port, with a host key
-//! generated for the test, authorising one public key for the current user.
+//! generated for the test, authorising one public key for the current user (and, configured
+//! for leases, a lease user's keys from the agent alone).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -17,6 +18,8 @@ pub struct Sshd {
     pub user: String,
     /// sshd's `AuthorizedKeysCommand`, if any (run as `user`).
     keys_command: Option<String>,
+    /// The lease user, whose keys come from `keys_command` alone (a `Match User` block).
+    lease_user: Option<String>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -35,6 +38,24 @@ impl Sshd {
     /// Starts sshd on `port`, authorising `authorized_key` and whatever `keys_command` (sshd's
     /// `AuthorizedKeysCommand`, `%u` for the user) prints.
     pub async fn start_on(port: u16, authorized_key: &str, keys_command: Option<String>) -> Sshd {
+        Self::start_with(port, authorized_key, keys_command, None).await
+    }
+
+    /// Starts sshd on `port` configured for leases as deploy/agent/README.md ("Leases") says:
+    /// `lease_user` gets in only with the keys `keys_command` (the agent's `authorized-keys`)
+    /// prints, never with keys from a file of its own; this server's `user` with
+    /// `authorized_key`. sshd runs as root to log anyone in, so the tests must too.
+    pub async fn start_for_leases(port: u16, authorized_key: &str, lease_user: &str, keys_command: String) -> Sshd {
+        assert!(rustix_is_root(), "sshd can log in another user only when the tests run as root");
+        Self::start_with(port, authorized_key, Some(keys_command), Some(lease_user.to_owned())).await
+    }
+
+    async fn start_with(
+        port: u16,
+        authorized_key: &str,
+        keys_command: Option<String>,
+        lease_user: Option<String>,
+    ) -> Sshd {
         assert!(std::path::Path::new(SSHD).exists(), "{SSHD} is missing; deploy/test installs Debian's openssh-server");
         let dir = tempfile::tempdir().expect("a temporary directory");
         std::fs::write(dir.path().join("authorized_keys"), format!("{authorized_key}\n")).unwrap();
@@ -43,7 +64,7 @@ impl Sshd {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
         let user = current_user();
-        let mut sshd = Sshd { port, user, keys_command, dir, child: None };
+        let mut sshd = Sshd { port, user, keys_command, lease_user, dir, child: None };
         sshd.new_host_key().await;
         sshd.write_config();
         sshd.run().await;
@@ -78,11 +99,18 @@ impl Sshd {
             pid = self.path("sshd.pid").display(),
             keys = self.path("authorized_keys").display(),
         );
-        let config = match &self.keys_command {
-            Some(command) => {
+        let config = match (&self.keys_command, &self.lease_user) {
+            // As in production: the lease user's keys come from the agent, and from nowhere
+            // else (not even a key the holder appends to ~/.ssh/authorized_keys).
+            (Some(command), Some(lease_user)) => format!(
+                "{config}Match User {lease_user}\n    AuthorizedKeysFile none\n    AuthorizedKeysCommand {command}\n    \
+                 AuthorizedKeysCommandUser {}\n",
+                self.user
+            ),
+            (Some(command), None) => {
                 format!("{config}AuthorizedKeysCommand {command}\nAuthorizedKeysCommandUser {}\n", self.user)
             }
-            None => config,
+            (None, _) => config,
         };
         std::fs::write(self.path("sshd_config"), config).unwrap();
     }
@@ -136,17 +164,26 @@ impl Sshd {
 
     /// Whether `ssh` with the private key at `identity` gets in as this server's user.
     pub async fn lets_in(&self, identity: &std::path::Path) -> bool {
+        self.lets_in_as(&self.user, identity).await
+    }
+
+    /// Whether `ssh` with the private key at `identity` gets in as `user`.
+    pub async fn lets_in_as(&self, user: &str, identity: &std::path::Path) -> bool {
+        self.ssh(user, identity, "true").await.status.success()
+    }
+
+    /// Runs `command` over `ssh` as `user` with the private key at `identity`, as a lease
+    /// holder would, and returns what came of it.
+    pub async fn ssh(&self, user: &str, identity: &std::path::Path, command: &str) -> std::process::Output {
         Command::new("ssh")
             .args(["-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
             .args(["-o", "ConnectTimeout=5", "-o", "IdentitiesOnly=yes", "-i"])
             .arg(identity)
-            .args(["-p", &self.port.to_string(), &format!("{}@127.0.0.1", self.user), "true"])
+            .args(["-p", &self.port.to_string(), &format!("{user}@127.0.0.1"), command])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .await
-            .is_ok_and(|s| s.success())
+            .expect("running ssh")
     }
 
     /// The host key's OpenSSH public line.

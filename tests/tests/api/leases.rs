@@ -1,11 +1,13 @@
 //! Leases: granted with connection details, queued with an honest estimate, refused with the
 //! reason, idempotent, within donors' windows and caps, fair between tenants, reclaimed when
-//! they expire, and never double-booked across replicas.
+//! they expire, never double-booked across replicas, and over a real sshd, usable at once and
+//! ended clean at release.
 
 use std::collections::HashMap;
 
 use chrono::{Datelike, Utc};
 use diesel_async::RunQueryDsl;
+use fleetyard_tests::accounts;
 use fleetyard_tests::agent::AgentProcess;
 use fleetyard_tests::fixtures::{World, pool_machine, this_host_machine};
 use fleetyard_tests::server::ServerProcess;
@@ -441,5 +443,123 @@ async fn a_granted_lease_lets_its_holder_in_over_ssh_at_once_and_out_at_release(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     println!("lease usable over SSH {usable_after:?} after the request");
+    agent.terminate().await;
+}
+
+/// A fresh ed25519 key pair in `dir`: the private key's path and the public line.
+fn key_pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let identity = dir.join(name);
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&identity)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(identity.with_extension("pub")).unwrap().trim().to_owned();
+    (identity, public)
+}
+
+/// The `sleep` processes of `uid` (what a holder left running).
+fn sleeps_of(uid: u32) -> Vec<u32> {
+    accounts::processes_of(uid)
+        .into_iter()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_leaves_no_process_no_key_and_a_fresh_home_behind() {
+    let app = TestApp::spawn_with(|c| c.heartbeat_interval_secs = 1).await;
+    let w = app.world().await;
+    let lease_user = accounts::lease_user();
+
+    // This host, reachable over a real sshd that lets the lease user in with the keys its
+    // agent prints and with no others, as deploy/agent/README.md configures it.
+    let port = free_port();
+    let mut host = this_host_machine("LEASE-2");
+    host["ssh"] = json!({ "host": "127.0.0.1", "port": port, "user": lease_user.name });
+    let onboarded = app.onboard(&w, "ownership", None, vec![host]).await;
+    let (machine, token) = &onboarded[0];
+    let mut agent = AgentProcess::enroll(&app.base_url, token).await;
+    agent.lease_user(&lease_user.name);
+    agent.start();
+    let sshd = Sshd::start_for_leases(port, "", &lease_user.name, agent.authorized_keys_command()).await;
+    for _ in 0..100 {
+        fleetyard::schedules::liveness::sweep(&app.state).await.unwrap();
+        if app.machine(&w, machine).await["health"] == "healthy" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The holder's key, and another one they will try to slip in.
+    let keys = tempfile::tempdir().unwrap();
+    let (identity, public) = key_pair(keys.path(), "id_lease");
+    let (slipped, slipped_public) = key_pair(keys.path(), "id_slipped");
+    let mut request = runner(std::env::consts::ARCH, "ci-gate");
+    request["ssh_public_key"] = json!(public);
+    let lease = ask(&app, &w.ci, request).await.expect(201);
+    let asked = std::time::Instant::now();
+    while !sshd.lets_in_as(&lease_user.name, &identity).await {
+        assert!(asked.elapsed() < std::time::Duration::from_secs(10), "the lease's key was never let in");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Logged in, the holder appends a key of their own, leaves a file, and leaves processes
+    // running that outlive the session: one under nohup, one in a session of its own.
+    let session = sshd
+        .ssh(
+            &lease_user.name,
+            &identity,
+            &format!(
+                "mkdir -p ~/.ssh && echo '{slipped_public}' >> ~/.ssh/authorized_keys && echo notes > ~/left-behind \
+                 && (nohup sleep 1000 >/dev/null 2>&1 </dev/null &) && (setsid sleep 1001 >/dev/null 2>&1 </dev/null &) && echo ok"
+            ),
+        )
+        .await;
+    assert!(
+        session.status.success() && String::from_utf8_lossy(&session.stdout).contains("ok"),
+        "the session failed: {}",
+        String::from_utf8_lossy(&session.stderr)
+    );
+    assert!(lease_user.home.join(".ssh/authorized_keys").exists() && lease_user.home.join("left-behind").exists());
+    let session_ended = std::time::Instant::now();
+    while sleeps_of(lease_user.uid).len() < 2 {
+        assert!(
+            session_ended.elapsed() < std::time::Duration::from_secs(5),
+            "the holder's processes did not outlive the session: {:?}",
+            sleeps_of(lease_user.uid)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!sshd.lets_in_as(&lease_user.name, &slipped).await, "a key in ~/.ssh/authorized_keys lets no one in");
+
+    // Released: nothing of the holder's is left, and no key gets in.
+    app.post(&format!("/api/v1/leases/{}/release", lease.body["id"].as_str().unwrap()), &w.ci, json!({}))
+        .await
+        .expect(200);
+    let released = std::time::Instant::now();
+    while !accounts::processes_of(lease_user.uid).is_empty() {
+        assert!(
+            released.elapsed() < std::time::Duration::from_secs(15),
+            "processes of the lease user outlived the lease: {:?}",
+            accounts::processes_of(lease_user.uid)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let skeleton = accounts::listing(std::path::Path::new("/etc/skel"));
+    while accounts::listing(&lease_user.home) != skeleton {
+        assert!(
+            released.elapsed() < std::time::Duration::from_secs(20),
+            "the home was not reset to /etc/skel: {:?}",
+            accounts::listing(&lease_user.home)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let home = std::fs::metadata(&lease_user.home).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((home.uid(), home.mode() & 0o777), (lease_user.uid, 0o700), "the home is the lease user's, 0700");
+    assert!(!sshd.lets_in_as(&lease_user.name, &identity).await, "the lease's key outlived the lease");
+    assert!(!sshd.lets_in_as(&lease_user.name, &slipped).await, "the slipped-in key outlived the lease");
     agent.terminate().await;
 }

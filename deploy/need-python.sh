@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# deploy/need-python.sh: makes the Python venv the cloud fakes and vector tools run in,
-# at $REPO/.local/venv, with deploy/cloud-fakes/requirements.txt installed, and prints
-# its bin directory as the last line of stdout:
-#     bin=$(deploy/need-python.sh) && "$bin/python" deploy/cloud-fakes/selftest.py
-# Fast when nothing changed: pip only runs when requirements.txt's sha256 differs from
-# the one stored in .local/venv/.requirements.sha256. Everything but that line goes to stderr.
+# deploy/need-python.sh [REQUIREMENTS]: makes a Python venv with REQUIREMENTS installed and
+# prints its bin directory as the last line of stdout.
+#   - No argument: deploy/cloud-fakes/requirements.txt (the cloud fakes and vector tools),
+#     in $REPO/.local/venv:
+#         bin=$(deploy/need-python.sh) && "$bin/python" deploy/cloud-fakes/selftest.py
+#   - A requirements file (absolute, or relative to here or to the repository): a venv of its own,
+#     $REPO/.local/venv-<name of the file's directory>, so tools with clashing pins never
+#     share one:
+#         bin=$(deploy/need-python.sh tests/contract/requirements.txt)   # .local/venv-contract
+# Fast when nothing changed: pip only runs when the requirements file's sha256 differs from
+# the one stored in <venv>/.requirements.sha256. Everything but that line goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-venv=$repo/.local/venv
-req=$repo/deploy/cloud-fakes/requirements.txt
+default_req=$repo/deploy/cloud-fakes/requirements.txt
+req=${1:-$default_req}
+if [[ $req != /* && ! -f $req ]]; then req=$repo/$req; fi
+[[ -f $req ]] || { echo "need-python.sh: no requirements file $req" >&2; exit 2; }
+req=$(cd "$(dirname "$req")" && pwd)/$(basename "$req")
+if [[ $req == "$default_req" ]]; then
+  venv=$repo/.local/venv
+else
+  venv=$repo/.local/venv-$(basename "$(dirname "$req")")
+fi
 stamp=$venv/.requirements.sha256
 want=$(sha256sum "$req" | cut -d' ' -f1)
 

@@ -86,7 +86,50 @@ fn read_body(body: Result<web::Bytes, actix_web::Error>) -> Result<JsonBody, Api
 /// bodies take plain serde_json; only a body that fails is parsed again with path tracking,
 /// to say where it went wrong.
 pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    refuse_nul_in_json(bytes)?;
     serde_json::from_slice(bytes).or_else(|_| explain_json_error(bytes))
+}
+
+/// PostgreSQL text cannot hold the NUL character, so no string that has one goes further.
+/// JSON can only carry it escaped (`\u0000`); a body without that sequence is passed at the
+/// cost of one scan, one with it is read to name the field.
+fn refuse_nul_in_json(bytes: &[u8]) -> Result<(), ApiError> {
+    if !bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return Ok(()) };
+    match field_with_nul(&value, String::new()) {
+        Some(field) => Err(ApiError::invalid_field(field, "must not contain the NUL character (\\u0000)")),
+        None => Ok(()),
+    }
+}
+
+/// The path (`machines[2].labels.k`) of the first string or key in `value` holding a NUL.
+fn field_with_nul(value: &serde_json::Value, at: String) -> Option<String> {
+    let join = |key: &str| if at.is_empty() { key.to_owned() } else { format!("{at}.{key}") };
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(if at.is_empty() { "body".to_owned() } else { at }),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, item)| field_with_nul(item, format!("{at}[{i}]")))
+        }
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if key.contains('\0') { Some(join(&key.replace('\0', "\\u0000"))) } else { field_with_nul(item, join(key)) }
+        }),
+        _ => None,
+    }
+}
+
+/// The first query parameter whose name or value, decoded, holds a NUL.
+fn query_param_with_nul(query: &str) -> Option<String> {
+    if !query.contains("%00") {
+        return None;
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (key, value) = (decode(key), decode(value));
+        (key.contains('\0') || value.contains('\0')).then(|| key.replace('\0', "%00"))
+    })
 }
 
 /// Like [`parse_json`] for a value that was embedded at `field` of a larger body (errors name
@@ -145,6 +188,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for Query<T> {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        if let Some(field) = query_param_with_nul(req.query_string()) {
+            return std::future::ready(Err(ApiError::invalid_field(field, "must not contain the NUL character (%00)")));
+        }
         let deserializer = serde_html_form::Deserializer::from_bytes(req.query_string().as_bytes());
         std::future::ready(serde_path_to_error::deserialize(deserializer).map(Query).map_err(|error| {
             let path = error.path().to_string();
@@ -234,6 +280,23 @@ mod tests {
 
         let (_, text) = problem(r#"{"items": [{"size": -1, "arch": "riscv64"}]}"#);
         assert!(text.starts_with("validation-failed: items[0].size: invalid value: integer `-1`"), "{text}");
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_in_a_body_or_a_query_is_refused_naming_the_field() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Login {
+            email: String,
+            labels: std::collections::BTreeMap<String, String>,
+        }
+        let refused = |body: &str| parse_json::<Login>(body.as_bytes()).unwrap_err().to_string();
+        assert!(refused(r#"{"email": "a\u0000b", "labels": {}}"#).contains("email: must not contain the NUL"));
+        assert!(refused(r#"{"email": "a", "labels": {"k": "\u0000"}}"#).contains("labels.k: must not"));
+        // An escaped backslash followed by `u0000` is six ordinary characters.
+        assert!(parse_json::<Login>(br#"{"email": "a\\u0000", "labels": {}}"#).is_ok());
+        assert_eq!(query_param_with_nul("state=queued&search=a%00b"), Some("search".to_owned()));
+        assert_eq!(query_param_with_nul("search=a%2500b"), None);
     }
 
     #[test]

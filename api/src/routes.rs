@@ -133,7 +133,73 @@ pub fn configure(cfg: &mut ServiceConfig) {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(configure).split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    document_common_answers(&mut doc);
     doc
+}
+
+/// Adds to every operation the answers the server can give it whatever the handler does, so a
+/// client generated from the document knows every status it may meet:
+/// - 503 (`database-unavailable`) to all but `/healthz`, and 401/403 to all that need a token;
+/// - 422 to those with path or query parameters or a body (field errors), 404 to those with
+///   path parameters;
+/// - 400 (`malformed-json`), 413 (`body-too-large`) and 415 (`unsupported-media-type`) to
+///   those with a JSON body.
+///
+/// A handler's own description of a status is kept.
+fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+    let answer = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let parameters = operation.parameters.as_deref().unwrap_or_default();
+            let located = |at: ParameterIn| {
+                parameters
+                    .iter()
+                    .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == at) || matches!(p, RefOr::Ref(_)))
+            };
+            let (in_path, in_query) = (located(ParameterIn::Path), located(ParameterIn::Query));
+            let has_body = operation.request_body.is_some();
+            let public = operation.security.as_ref().is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+            let mut add = |code: &str, description: &str| {
+                operation.responses.responses.entry(code.to_owned()).or_insert_with(|| answer(description).into());
+            };
+            if has_body {
+                add("400", "The body is not JSON (`malformed-json`) or cannot be read");
+                add("413", "The body is larger than the server accepts (`body-too-large`)");
+                add("415", "The body is not sent as `application/json` (`unsupported-media-type`)");
+            }
+            if has_body || in_path || in_query {
+                add("422", "A field, parameter or path segment is invalid; `details.errors` names each");
+            }
+            if in_path {
+                add("404", "Not found, or not the caller's to see");
+            }
+            if !public {
+                add("401", "No valid token");
+                add("403", "The caller's role may not do this");
+            }
+            if path != "/healthz" {
+                add("503", "The database (or another part the request needs) is unavailable; retry shortly");
+            }
+        }
+    }
 }
 
 /// The OpenAPI document as pretty JSON with a trailing newline: what `openapi/openapi.json` holds.

@@ -474,14 +474,31 @@ pub const BOOTSTRAP_PATH: &str = "/etc/fleetyard-agent/bootstrap.json";
 /// `#cloud-config`; tests read it back without a YAML parser.
 pub fn cloud_init(b: &Bootstrap<'_>) -> String {
     let bootstrap = serde_json::json!({ "server": b.server_url, "launch_secret": b.launch_secret });
-    let agent_toml = format!("server = {}\nlease_user = {}\n", toml_string(b.server_url), toml_string(b.lease_user));
+    let agent_toml = format!(
+        "server = {}\nlease_user = {}\njob_user = \"fleetyard-job\"\n",
+        toml_string(b.server_url),
+        toml_string(b.lease_user)
+    );
+    // sshd asks the agent for every user's keys, and for the lease account reads nothing else:
+    // a key the holder appends to its authorized_keys is never used. `Match all` closes the
+    // block, whatever follows the drop-in.
+    let sshd = format!(
+        "AuthorizedKeysCommand /usr/local/bin/fleetyard-agent authorized-keys %u\n\
+         AuthorizedKeysCommandUser fleetyard-agent\n\
+         Match User {user}\n    AuthorizedKeysFile none\nMatch all\n",
+        user = b.lease_user
+    );
+    // The unit may write only the lease account's home, to reset it after the lease.
+    let home = if b.lease_user == "root" { "/root".to_owned() } else { format!("/home/{}", b.lease_user) };
+    let unit_home = format!("[Service]\nReadWritePaths=-{home}\n");
     let check = match b.agent_sha256 {
         Some(sha) => format!("echo '{sha}  /usr/local/bin/fleetyard-agent.new' | sha256sum -c - && "),
         None => String::new(),
     };
     let install = format!(
         "id -u fleetyard-agent >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin \
-         fleetyard-agent; curl -fsS --retry 10 --retry-connrefused -o /usr/local/bin/fleetyard-agent.new '{url}' && \
+         fleetyard-agent; id -u fleetyard-job >/dev/null 2>&1 || useradd --system --no-create-home --shell \
+         /usr/sbin/nologin fleetyard-job; curl -fsS --retry 10 --retry-connrefused -o /usr/local/bin/fleetyard-agent.new '{url}' && \
          {check}chmod 0755 /usr/local/bin/fleetyard-agent.new && \
          mv /usr/local/bin/fleetyard-agent.new /usr/local/bin/fleetyard-agent",
         url = b.agent_url
@@ -497,13 +514,13 @@ pub fn cloud_init(b: &Bootstrap<'_>) -> String {
         "write_files": [
             { "path": BOOTSTRAP_PATH, "permissions": "0600", "content": bootstrap.to_string() },
             { "path": "/etc/fleetyard-agent/agent.toml", "permissions": "0644", "content": agent_toml },
-            {
-                "path": "/etc/ssh/sshd_config.d/50-fleetyard.conf",
-                "permissions": "0644",
-                "content": "AuthorizedKeysCommand /usr/local/bin/fleetyard-agent authorized-keys %u\n\
-                            AuthorizedKeysCommandUser fleetyard-agent\n",
-            },
+            { "path": "/etc/ssh/sshd_config.d/50-fleetyard.conf", "permissions": "0644", "content": sshd },
             { "path": "/etc/systemd/system/fleetyard-agent.service", "permissions": "0644", "content": AGENT_UNIT },
+            {
+                "path": "/etc/systemd/system/fleetyard-agent.service.d/lease-home.conf",
+                "permissions": "0644",
+                "content": unit_home,
+            },
         ],
         "runcmd": [
             ["sh", "-c", install],
@@ -679,5 +696,27 @@ mod tests {
             serde_json::from_str(doc["write_files"][0]["content"].as_str().unwrap()).unwrap();
         assert_eq!(bootstrap["launch_secret"], "fylaunch_secret");
         assert!(doc["runcmd"][0][2].as_str().unwrap().contains("sha256sum -c"));
+        // Jobs run as their own user; the lease account takes keys from the agent only.
+        let file = |path: &str| {
+            doc["write_files"].as_array().unwrap().iter().find(|f| f["path"] == path).unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(file("/etc/fleetyard-agent/agent.toml").contains("job_user = \"fleetyard-job\""));
+        assert!(
+            doc["runcmd"][0][2]
+                .as_str()
+                .unwrap()
+                .contains("useradd --system --no-create-home --shell /usr/sbin/nologin fleetyard-job")
+        );
+        assert!(
+            file("/etc/ssh/sshd_config.d/50-fleetyard.conf")
+                .contains("Match User root\n    AuthorizedKeysFile none\nMatch all\n")
+        );
+        assert_eq!(
+            file("/etc/systemd/system/fleetyard-agent.service.d/lease-home.conf"),
+            "[Service]\nReadWritePaths=-/root\n"
+        );
     }
 }

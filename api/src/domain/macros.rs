@@ -4,10 +4,13 @@
 /// in the OpenAPI spec (utoipa) and in the database (text column with a CHECK constraint; the
 /// SQL mapping lives in `db::sql_types`).
 macro_rules! text_enum {
+    // The spelling is taken as a token tree, not a `literal` fragment: a fragment reaches the
+    // derives wrapped in an invisible group, which utoipa's serde-attribute reader skips, so
+    // the OpenAPI document showed Rust's variant names (`X86_64`) instead of the wire's.
     (
         $(#[$meta:meta])*
         pub enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident => $text:literal ),+ $(,)?
+            $( $(#[$vmeta:meta])* $variant:ident => $text:tt ),+ $(,)?
         }
     ) => {
         $(#[$meta])*

@@ -40,7 +40,7 @@ pub struct JobRequest {
     pub requirements: Requirements,
     /// `build` or `test` (or `ci`), checked against donors' policies.
     pub purpose: Purpose,
-    /// Run with `/bin/sh -c` by the agent's unprivileged user, in a fresh process group.
+    /// Run with `/bin/sh -c` as the machine's job user (the agent's `job_user`), in a cgroup of its own.
     #[schema(example = "make -j$(nproc) check")]
     pub command: String,
     /// Environment variables for the command.
@@ -193,6 +193,7 @@ fn respond(view: JobView, status: StatusCode, replayed: bool) -> HttpResponse {
         (status = 200, description = "A retry with a known Idempotency-Key: the job it made.", body = JobView),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, description = "Invalid, or no machine could ever run it (`unsatisfiable`, with the reason).", body = ErrorBody),
+        (status = 429, description = "The service token has as many jobs open as it may (`queue-cap-reached`); `Retry-After` says when to try again.", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
 )]

@@ -503,6 +503,7 @@ fn respond(view: LeaseView, replayed: bool) -> HttpResponse {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "The same Idempotency-Key is being handled by another replica; retry.", body = ErrorBody),
         (status = 422, description = "Invalid, or no machine in the inventory could ever take it (`unsatisfiable`, with the reason).", body = ErrorBody),
+        (status = 429, description = "The service token has as many leases queued as it may (`queue-cap-reached`); `Retry-After` says when to try again.", body = ErrorBody),
         (status = 503, description = "Too many requests waiting for placement; retry with the same key.", body = ErrorBody),
     ),
 )]

@@ -26,6 +26,13 @@ fi
 stamp=$venv/.requirements.sha256
 want=$(sha256sum "$req" | cut -d' ' -f1)
 
+# Test processes running side by side may all ask at once: one installs, the others wait for it.
+mkdir -p "$repo/.local"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>>"$venv.lock"
+  flock -w 900 9 || { echo "need-python.sh: timed out waiting for another install into $venv" >&2; exit 1; }
+fi
+
 if [[ -x $venv/bin/python && -f $stamp && $(cat "$stamp") == "$want" ]] \
    && "$venv/bin/python" -c '' >/dev/null 2>&1; then
   echo "$venv/bin"

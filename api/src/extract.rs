@@ -30,7 +30,65 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = JsonBody::from_request(req, payload);
-        Box::pin(async move { body.await?.parse().map(Json) })
+        Box::pin(async move { parse_owned(&body.await?.0).map(Json) })
+    }
+}
+
+/// Like [`parse_json`], for a type that owns its data, and with JSON's view of numbers: an
+/// integer may be written `2.0` (JSON Schema counts it an integer; serde would not).
+fn parse_owned<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    refuse_nul_in_json(bytes)?;
+    refuse_non_object(bytes)?;
+    serde_json::from_slice(bytes).or_else(|_| {
+        if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes)
+            && integral_floats_as_integers(&mut value)
+            && let Ok(parsed) = serde_json::from_value(value)
+        {
+            return Ok(parsed);
+        }
+        explain_json_error(bytes)
+    })
+}
+
+/// Turns every number written with a fraction of zero (`2.0`, `1e3`) into an integer; says
+/// whether there was one.
+fn integral_floats_as_integers(value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Within the range where every integer is exact and i64 holds it.
+            if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
+                *value = serde_json::Value::from(f as i64);
+                return true;
+            }
+            false
+        }
+        serde_json::Value::Array(items) => {
+            // Every item is visited (no short cut): each may hold a number to turn.
+            let mut any = false;
+            for item in items {
+                any |= integral_floats_as_integers(item);
+            }
+            any
+        }
+        serde_json::Value::Object(map) => {
+            let mut any = false;
+            for item in map.values_mut() {
+                any |= integral_floats_as_integers(item);
+            }
+            any
+        }
+        _ => false,
+    }
+}
+
+/// Every body Fleetyard takes is a JSON object; serde would also read a struct from an array
+/// of its fields in order, which no client means.
+fn refuse_non_object(bytes: &[u8]) -> Result<(), ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => Ok(()),
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() => Ok(()),
+        Some(_) => Err(ApiError::invalid_field("body", "must be a JSON object")),
     }
 }
 
@@ -87,7 +145,10 @@ fn read_body(body: Result<web::Bytes, actix_web::Error>) -> Result<JsonBody, Api
 /// to say where it went wrong.
 pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     refuse_nul_in_json(bytes)?;
-    serde_json::from_slice(bytes).or_else(|_| explain_json_error(bytes))
+    serde_json::from_slice(bytes).or_else(|_| {
+        refuse_non_object(bytes)?;
+        explain_json_error(bytes)
+    })
 }
 
 /// PostgreSQL text cannot hold the NUL character, so no string that has one goes further.
@@ -297,6 +358,21 @@ mod tests {
         assert!(parse_json::<Login>(br#"{"email": "a\\u0000", "labels": {}}"#).is_ok());
         assert_eq!(query_param_with_nul("state=queued&search=a%00b"), Some("search".to_owned()));
         assert_eq!(query_param_with_nul("search=a%2500b"), None);
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction_and_bodies_must_be_objects() {
+        #[derive(Debug, Deserialize, PartialEq)]
+        struct Policy {
+            max_concurrent_leases: i32,
+            windows: Vec<u8>,
+        }
+        let parsed: Policy = parse_owned(br#"{"max_concurrent_leases": 2.0, "windows": [1e1]}"#).unwrap();
+        assert_eq!(parsed, Policy { max_concurrent_leases: 2, windows: vec![10] });
+        let half = parse_owned::<Policy>(br#"{"max_concurrent_leases": 2.5, "windows": []}"#).unwrap_err();
+        assert!(half.to_string().contains("max_concurrent_leases"), "{half}");
+        let array = parse_owned::<Policy>(b"[2, []]").unwrap_err();
+        assert_eq!(array.to_string(), "validation-failed: body: must be a JSON object");
     }
 
     #[test]

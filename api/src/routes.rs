@@ -198,6 +198,16 @@ fn document_common_answers(doc: &mut utoipa::openapi::OpenApi) {
             if path != "/healthz" {
                 add("503", "The database (or another part the request needs) is unavailable; retry shortly");
             }
+            // Every response needs a description (OpenAPI requires one; generators refuse
+            // documents without): a handler's own, or the status's reason phrase.
+            for (code, response) in operation.responses.responses.iter_mut() {
+                if let RefOr::T(response) = response
+                    && response.description.is_empty()
+                {
+                    let reason = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+                    response.description = reason.and_then(|s| s.canonical_reason()).unwrap_or("Answer").to_owned();
+                }
+            }
         }
     }
 }
@@ -209,11 +219,73 @@ pub fn openapi_json() -> String {
     json
 }
 
-/// Every unknown path answers in the one error shape.
-pub async fn route_not_found() -> HttpResponse {
+/// Every request no route took answers in the one error shape: 405 with `Allow` for a known
+/// path asked with another method, 404 for an unknown path.
+pub async fn route_not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    let allowed = allowed_methods(req.path());
+    if allowed.is_empty() {
+        return no_such_route();
+    }
+    let mut response = actix_web::ResponseError::error_response(&ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{} does not answer {}; it answers {}", req.path(), req.method(), allowed.join(", ")),
+    ));
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed.join(", ")) {
+        response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+    }
+    response
+}
+
+/// 404 `route-not-found`.
+pub fn no_such_route() -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::new(
         StatusCode::NOT_FOUND,
         "route-not-found",
         "no such endpoint; the API is described at /api/openapi.json",
     ))
+}
+
+/// The methods the server answers on `path`, from the document's paths (and the documents'
+/// own routes).
+fn allowed_methods(path: &str) -> Vec<&'static str> {
+    /// A path template as segments (`None` for a `{parameter}`), and its methods.
+    type Route = (Vec<Option<String>>, Vec<&'static str>);
+    static ROUTES: std::sync::OnceLock<Vec<Route>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let segments = |template: &str| -> Vec<Option<String>> {
+            template.trim_start_matches('/').split('/').map(|s| (!s.starts_with('{')).then(|| s.to_owned())).collect()
+        };
+        let mut routes: Vec<Route> = openapi()
+            .paths
+            .paths
+            .iter()
+            .map(|(template, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                ];
+                (segments(template), methods.iter().filter(|(_, on)| *on).map(|(m, _)| *m).collect())
+            })
+            .collect();
+        for template in ["/api/openapi.json", "/api/docs", "/api/docs/{file}"] {
+            routes.push((segments(template), vec!["GET"]));
+        }
+        routes
+    });
+    let asked: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut allowed: Vec<&'static str> = routes
+        .iter()
+        .filter(|(template, _)| {
+            template.len() == asked.len()
+                && template.iter().zip(&asked).all(|(t, a)| t.as_deref().is_none_or(|t| t == *a) && !a.is_empty())
+        })
+        .flat_map(|(_, methods)| methods.iter().copied())
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    allowed
 }

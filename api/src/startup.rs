@@ -33,7 +33,8 @@ pub fn build_app(
         .app_data(web::Data::new(state))
         .app_data(web::PayloadConfig::new(body_limit))
         .app_data(web::PathConfig::default().error_handler(|error, _| {
-            ApiError::invalid_field("id", format!("is not valid in this path: {error}")).into()
+            let _ = error;
+            ApiError::invalid_field("id", "is not valid here: ids are UUIDs, names as the document lists them").into()
         }))
         .configure(routes::configure)
         .split_for_parts();

@@ -14,6 +14,8 @@
 #   CONTRACT_PORT          the server's port (default 18090)
 #   CONTRACT_REPORT_DIR    where Schemathesis' reports go (default: a new temporary directory)
 #   CONTRACT_ARGS          extra arguments for schemathesis.py (e.g. "--roles admin --max-examples 8")
+#   CONTRACT_SPEC          the document the walkthrough's client is generated from (default: the
+#                          committed openapi/openapi.json)
 #
 # The server runs with background schedules off (the seed and the walkthrough run the liveness
 # sweep through the API), login throttling raised to 100,000 failures (Schemathesis sends many
@@ -78,8 +80,14 @@ if [[ $what != walkthrough ]]; then
     --report-dir "$report" --python-bin "$pybin" ${CONTRACT_ARGS:-} || status=1
 fi
 if [[ $what != schemathesis ]]; then
-  "$pybin/python" tests/contract/walkthrough.py --base-url "$base" --spec openapi/openapi.json \
-    --admin-email ops@contract.example --admin-password "$admin_password" || status=1
+  spec=${CONTRACT_SPEC:-openapi/openapi.json}
+  if tests/contract/generate-client.sh "$spec" "$work/client"; then
+    PYTHONPATH="$work/client" "$pybin/python" tests/contract/walkthrough.py --base-url "$base" \
+      --admin-email ops@contract.example --admin-password "$admin_password" || status=1
+  else
+    echo "walkthrough: FAILED at step: generating the client from $spec" >&2
+    status=1
+  fi
 fi
 if grep -q 'ERROR' "$work/server.log"; then
   echo "run-local.sh: the server logged errors (first 20):" >&2

@@ -17,9 +17,14 @@ pub struct Facts {
     /// `PRETTY_NAME` from /etc/os-release.
     pub os_release: String,
     pub cpu_model: String,
+    // Unsigned, and documented so: utoipa would call them int32 and int64, whose ranges they
+    // exceed (an agent's report is kept in range on arrival, not refused).
+    #[schema(format = "uint32")]
     pub cpu_count: u32,
+    #[schema(format = "uint64")]
     pub memory_mib: u64,
     /// Size of the root file system.
+    #[schema(format = "uint64")]
     pub disk_gib: u64,
     #[serde(default)]
     pub hostname: Option<String>,
@@ -58,9 +63,11 @@ pub struct Metrics {
     pub load1: f32,
     pub load5: f32,
     pub load15: f32,
+    #[schema(format = "uint64")]
     pub uptime_secs: u64,
     /// Used share of the root file system, 0 to 100.
     pub disk_used_pct: f32,
+    #[schema(format = "uint64")]
     pub memory_available_mib: u64,
 }
 

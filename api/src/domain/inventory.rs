@@ -71,11 +71,20 @@ impl Default for Health {
 #[serde(deny_unknown_fields)]
 pub struct Accelerator {
     /// Kind of device, e.g. `gpu`, `npu`, `fpga`.
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 32
+    )]
     pub kind: String,
     /// Vendor model name.
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 128
+    )]
     pub model: String,
     /// How many of this device the machine has.
     #[serde(default = "one")]
+    #[schema(default = 1, minimum = 1, maximum = 64)]
     pub count: i64,
 }
 
@@ -97,12 +106,24 @@ impl Accelerator {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 200
+    )]
     pub name: String,
     pub email: String,
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 64
+    )]
     pub phone: Option<String>,
     /// What they are the contact for, e.g. `technical`, `legal`, `shipping`.
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 64
+    )]
     pub role: Option<String>,
 }
 

@@ -118,23 +118,25 @@ pub struct UsagePolicy {
 }
 
 impl UsagePolicy {
-    /// Reports every problem under `field` (e.g. `usage_policy.windows[1].days`).
+    /// Reports every problem under `field` (e.g. `usage_policy.windows[1].days`; with `""`, when
+    /// the policy is the whole body, `windows[1].days`).
     pub fn validate(&self, field: &str, errors: &mut FieldErrors) {
+        let at = |name: &str| if field.is_empty() { name.to_owned() } else { format!("{field}.{name}") };
         if self.purposes.is_empty() {
-            errors.add(format!("{field}.purposes"), "must name at least one purpose");
+            errors.add(at("purposes"), "must name at least one purpose");
         } else if has_duplicates(&self.purposes) {
-            errors.add(format!("{field}.purposes"), "must not repeat a purpose");
+            errors.add(at("purposes"), "must not repeat a purpose");
         }
         if let Some(zone) = &self.time_zone
             && let Err(problem) = check_time_zone(zone)
         {
-            errors.add(format!("{field}.time_zone"), problem);
+            errors.add(at("time_zone"), problem);
         }
         if self.windows.len() > 28 {
-            errors.add(format!("{field}.windows"), "at most 28 windows are allowed");
+            errors.add(at("windows"), "at most 28 windows are allowed");
         }
         for (i, window) in self.windows.iter().enumerate() {
-            let at = format!("{field}.windows[{i}]");
+            let at = at(&format!("windows[{i}]"));
             if window.days.is_empty() {
                 errors.add(format!("{at}.days"), "must name at least one day");
             } else if has_duplicates(&window.days) {
@@ -148,10 +150,10 @@ impl UsagePolicy {
             }
         }
         if !(1..=10_000).contains(&self.max_concurrent_leases) {
-            errors.add(format!("{field}.max_concurrent_leases"), "must be between 1 and 10000");
+            errors.add(at("max_concurrent_leases"), "must be between 1 and 10000");
         }
         if !(1..=43_200).contains(&self.max_lease_minutes) {
-            errors.add(format!("{field}.max_lease_minutes"), "must be between 1 and 43200 (30 days)");
+            errors.add(at("max_lease_minutes"), "must be between 1 and 43200 (30 days)");
         }
     }
 

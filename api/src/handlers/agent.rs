@@ -355,7 +355,10 @@ async fn record_reported_facts(state: &AppState, agent: AgentCaller, facts: &Fac
 
 #[utoipa::path(
     tag = "agents",
-    responses((status = 200, body = Credential), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = Credential), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The credential is less than an hour old (`renewal-too-early`)", body = ErrorBody),
+    ),
 )]
 #[post("/agent/credential")]
 /// Swap the machine credential for a fresh one (agents do this when a tenth of its life is

@@ -356,6 +356,7 @@ pub struct CloudInstanceQuery {
     pub lease_id: Option<LeaseId>,
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 

@@ -59,10 +59,13 @@ page_type!(DonationPage, DonationView);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SshEndpointInput {
+    /// A host name or an IP address.
+    #[schema(min_length = 1, max_length = 253)]
     pub host: String,
     #[serde(default = "default_ssh_port")]
-    #[schema(default = 22)]
+    #[schema(default = 22, minimum = 1, maximum = 65535)]
     pub port: i64,
+    #[schema(pattern = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$")]
     pub user: String,
 }
 
@@ -78,13 +81,22 @@ pub struct MachineInput {
     pub hostname: Option<String>,
     /// Unique across the inventory (compared without case).
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_./-]{1,64}$")]
     pub asset_tag: Option<String>,
     pub arch: Arch,
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 200
+    )]
     pub cpu_model: String,
+    #[schema(minimum = 1, maximum = 4096)]
     pub cpu_cores: i64,
+    #[schema(minimum = 1, maximum = 1073741824)]
     pub memory_mib: i64,
+    #[schema(minimum = 1, maximum = 1073741824)]
     pub disk_gib: i64,
     #[serde(default)]
+    #[schema(max_items = 16)]
     pub accelerators: Vec<Accelerator>,
     #[serde(default)]
     pub labels: Labels,
@@ -105,8 +117,16 @@ pub struct DonationForm {
     pub model: DonationModel,
     /// Usage right: one of the donor's own sites. Ownership or loan: a foundation lab.
     pub site_id: SiteId,
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 128
+    )]
     pub agreement_ref: String,
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 4000
+    )]
     pub description: Option<String>,
     #[serde(deserialize_with = "date_format::deserialize")]
     #[schema(value_type = String, format = Date)]
@@ -118,6 +138,7 @@ pub struct DonationForm {
     /// Required for (and only for) a usage-right donation.
     #[serde(default)]
     pub usage_policy: Option<UsagePolicy>,
+    #[schema(min_items = 1, max_items = 500)]
     pub machines: Vec<MachineInput>,
 }
 
@@ -374,6 +395,7 @@ pub struct DonationListQuery {
     pub donor_id: Option<DonorId>,
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -441,6 +463,10 @@ pub struct DonationActionRequest {
     pub action: DonationAction,
     /// Why. Required to reject; recorded in the audit log.
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 2000
+    )]
     pub note: Option<String>,
 }
 
@@ -571,7 +597,7 @@ pub async fn put_usage_policy(
     let scope = caller.admin_or_donor()?;
     let mut policy = body.into_inner();
     let mut errors = FieldErrors::new();
-    policy.validate("body", &mut errors);
+    policy.validate("", &mut errors);
     errors.into_result()?;
     let actor = caller.actor();
     let mut conn = state.db().await?;

@@ -54,6 +54,10 @@ page_type!(DonorPage, DonorView);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDonorRequest {
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 200
+    )]
     pub name: String,
     pub kind: DonorKind,
     #[serde(default)]
@@ -63,6 +67,10 @@ pub struct NewDonorRequest {
     #[serde(default)]
     pub contacts: Vec<Contact>,
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 4000
+    )]
     pub notes: Option<String>,
 }
 
@@ -70,6 +78,10 @@ pub struct NewDonorRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DonorPatch {
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 200
+    )]
     pub name: Option<String>,
     pub kind: Option<DonorKind>,
     #[serde(default, deserialize_with = "double_option")]
@@ -78,7 +90,7 @@ pub struct DonorPatch {
     pub time_zone: Option<String>,
     pub contacts: Option<Vec<Contact>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$", max_length = 4000)]
     pub notes: Option<Option<String>>,
 }
 

@@ -41,7 +41,11 @@ pub struct JobRequest {
     /// `build` or `test` (or `ci`), checked against donors' policies.
     pub purpose: Purpose,
     /// Run with `/bin/sh -c` as the machine's job user (the agent's `job_user`), in a cgroup of its own.
-    #[schema(example = "make -j$(nproc) check")]
+    #[schema(
+        example = "make -j$(nproc) check",
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 65536
+    )]
     pub command: String,
     /// Environment variables for the command.
     #[serde(default)]
@@ -53,7 +57,7 @@ pub struct JobRequest {
     #[serde(default = "default_attempts")]
     #[schema(minimum = 1, maximum = 10, default = 3)]
     pub max_attempts: i32,
-    #[schema(example = "sig-loongarch")]
+    #[schema(example = "sig-loongarch", pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub tenant: String,
     #[serde(default = "default_priority")]
     #[schema(minimum = 0, maximum = 100, default = 50)]
@@ -187,7 +191,7 @@ fn respond(view: JobView, status: StatusCode, replayed: bool) -> HttpResponse {
 #[utoipa::path(
     tag = "jobs",
     request_body = JobRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the job the first attempt made.")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7e]{1,200}$", description = "Makes a retry return the job the first attempt made.")),
     responses(
         (status = 201, description = "Placed: running on a machine, or queued for one.", body = JobView),
         (status = 200, description = "A retry with a known Idempotency-Key: the job it made.", body = JobView),
@@ -307,6 +311,7 @@ pub struct JobListQuery {
     pub state: Vec<JobState>,
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -400,6 +405,7 @@ pub async fn get_job(
 #[into_params(parameter_in = Query)]
 pub struct OutputQuery {
     /// The last this many bytes (default 65536, at most 16 MiB).
+    #[param(minimum = 1, maximum = 16777216)]
     pub tail: Option<i64>,
 }
 

@@ -35,15 +35,16 @@ use crate::views::SshEndpoint;
 pub struct LeaseRequest {
     pub requirements: Requirements,
     pub purpose: Purpose,
-    /// How long the machine is needed, in minutes.
-    #[schema(minimum = 1, example = 120)]
+    /// How long the machine is needed, in minutes; at most the platform's limit
+    /// (`FLEETYARD_LEASE_MAX_MINUTES`, 1440 by default, as stated here).
+    #[schema(minimum = 1, maximum = 1440, example = 120)]
     pub duration_minutes: i64,
     /// 0 (lowest) to 100; default 50.
     #[serde(default = "default_priority")]
     #[schema(minimum = 0, maximum = 100, default = 50)]
     pub priority: i32,
     /// Who the machine serves (a SIG or a service), for fair share: `sig-riscv`.
-    #[schema(example = "sig-riscv")]
+    #[schema(example = "sig-riscv", pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub tenant: String,
     /// An OpenSSH public key to let in for the lease.
     #[serde(default)]
@@ -494,7 +495,7 @@ fn respond(view: LeaseView, replayed: bool) -> HttpResponse {
     request_body = LeaseRequest,
     params(
         WaitQuery,
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the lease the first attempt made instead of a second one."),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7e]{1,200}$", description = "Makes a retry return the lease the first attempt made instead of a second one."),
     ),
     responses(
         (status = 201, description = "Granted: the machine is the caller's until `expires_at`.", body = LeaseView),
@@ -546,6 +547,7 @@ pub struct LeaseListQuery {
     pub machine_id: Option<MachineId>,
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -623,8 +625,9 @@ pub(super) fn may_change(caller: &Principal, holder_id: uuid::Uuid, what: &str) 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
-    /// Minutes to add to the lease's current expiry.
-    #[schema(minimum = 1)]
+    /// Minutes to add to the lease's current expiry (the lease may not outlast the platform's
+    /// limit, 1440 minutes by default, nor the donor's).
+    #[schema(minimum = 1, maximum = 1440)]
     pub minutes: i64,
 }
 

@@ -131,6 +131,7 @@ pub struct MachineListQuery {
     pub overdue: Option<bool>,
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -290,6 +291,10 @@ pub struct TransitionRequest {
     pub to: LifecycleState,
     /// Why; recorded in the audit log (and as the reason, for maintenance).
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 2000
+    )]
     pub note: Option<String>,
     /// Required when moving to `received`.
     #[serde(default)]
@@ -324,6 +329,10 @@ pub async fn transition_machine(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceRequest {
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 2000
+    )]
     pub reason: String,
 }
 
@@ -346,8 +355,11 @@ pub async fn start_maintenance(
     body: Json<MaintenanceRequest>,
 ) -> Result<web::Json<MachineDetail>, ApiError> {
     caller.require_admin()?;
-    let request =
-        TransitionRequest { to: LifecycleState::Maintenance, note: Some(body.into_inner().reason), location: None };
+    let reason = body.into_inner().reason;
+    let mut errors = FieldErrors::new();
+    check_text(&mut errors, "reason", &reason, 2000);
+    errors.into_result()?;
+    let request = TransitionRequest { to: LifecycleState::Maintenance, note: Some(reason), location: None };
     move_machine(&state, &caller, id.into_inner(), request, None).await.map(web::Json)
 }
 
@@ -659,6 +671,10 @@ pub async fn request_ssh_probe(
 #[serde(deny_unknown_fields)]
 pub struct LiftQuarantineRequest {
     /// What ops checked, e.g. "the board was reinstalled; new host key expected".
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 2000
+    )]
     pub note: String,
 }
 

@@ -35,6 +35,7 @@ pub struct PageQuery {
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 

@@ -74,6 +74,10 @@ page_type!(ServiceTokenPage, ServiceTokenView);
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewServiceTokenRequest {
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 100
+    )]
     pub name: String,
     /// 1 to 366 days; default 90.
     #[serde(default = "default_days")]
@@ -81,8 +85,10 @@ pub struct NewServiceTokenRequest {
     pub expires_in_days: i64,
     /// Tenants it may act for: names (`sig-riscv`), beginnings followed by `*` (`sig-*`), or
     /// `*` for any. At least one.
+    // Absent is refused like empty, naming the field, with the other problems.
     #[serde(default)]
-    #[schema(min_items = 1, max_items = 100, example = json!(["sig-riscv", "ci-*"]))]
+    #[schema(required, min_items = 1, max_items = 100, example = json!(["sig-riscv", "ci-*"]),
+             inline, value_type = Vec<TenantPattern>)]
     pub tenants: Vec<String>,
     /// The highest priority it may ask for (0 to 100); default 100.
     #[serde(default = "default_ceiling")]
@@ -252,11 +258,17 @@ pub async fn revoke_service_token(
     Ok(web::Json(view))
 }
 
+/// A tenant name (`sig-riscv`), a name's beginning followed by `*` (`sig-*`), or `*`.
+#[derive(ToSchema)]
+#[schema(pattern = r"^(\*|[a-z0-9][a-z0-9._-]{0,63}\*?)$")]
+#[allow(dead_code)]
+pub struct TenantPattern(String);
+
 /// A change to what a service token may do; fields left out stay as they are.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTokenChange {
-    #[schema(min_items = 1, max_items = 100)]
+    #[schema(min_items = 1, max_items = 100, value_type = Option<Vec<TenantPattern>>)]
     pub tenants: Option<Vec<String>>,
     #[schema(minimum = 0, maximum = 100)]
     pub max_priority: Option<i32>,
@@ -315,6 +327,13 @@ pub async fn change_service_token(
                 max_queued_leases: change.max_queued_leases,
                 max_queued_jobs: change.max_queued_jobs,
             };
+            let unchanged = grant.tenants.is_none()
+                && grant.max_priority.is_none()
+                && grant.max_queued_leases.is_none()
+                && grant.max_queued_jobs.is_none();
+            if unchanged {
+                return Ok(ServiceTokenView::from(before));
+            }
             let after = ServiceTokenView::from(db::api_tokens::change_grant(conn, before.id, &grant).await?);
             audit::record(
                 conn,

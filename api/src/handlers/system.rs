@@ -58,7 +58,7 @@ pub async fn docs(path: Option<web::Path<String>>) -> HttpResponse {
         "" | "index.html" => (include_bytes!("../../assets/swagger-ui/index.html"), "text/html; charset=utf-8"),
         "swagger-ui.css" => (include_bytes!("../../assets/swagger-ui/swagger-ui.css"), "text/css"),
         "swagger-ui-bundle.js" => (include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js"), "text/javascript"),
-        _ => return crate::routes::route_not_found().await,
+        _ => return crate::routes::no_such_route(),
     };
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, content_type))

@@ -52,6 +52,10 @@ page_type!(UserPage, UserView);
 #[serde(deny_unknown_fields)]
 pub struct NewUserRequest {
     pub email: String,
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 200
+    )]
     pub display_name: String,
     /// At least 12 characters.
     pub password: String,
@@ -66,6 +70,10 @@ pub struct NewUserRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 200
+    )]
     pub display_name: Option<String>,
     /// A disabled user's tokens stop working at once.
     pub disabled: Option<bool>,

@@ -98,6 +98,10 @@ pub struct NewWebhookRequest {
     #[serde(default)]
     pub event_types: Vec<EventType>,
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$",
+        max_length = 500
+    )]
     pub description: Option<String>,
 }
 
@@ -107,7 +111,7 @@ pub struct WebhookPatch {
     pub url: Option<String>,
     pub event_types: Option<Vec<EventType>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*[^\s\x00-\x08\x0b-\x1f\x7f-\x9f][^\x00-\x08\x0b-\x1f\x7f-\x9f]*$", max_length = 500)]
     pub description: Option<Option<String>>,
     pub active: Option<bool>,
 }
@@ -290,6 +294,7 @@ pub async fn delete_webhook(
 pub struct DeliveryQuery {
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -342,6 +347,7 @@ pub struct EventQuery {
     pub event_type: Option<EventType>,
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 

@@ -7,6 +7,7 @@ mod auth;
 mod authorization_matrix;
 mod cli;
 mod clouds;
+mod contract;
 mod donations;
 mod jobs;
 mod leases;

@@ -28,3 +28,17 @@ async fn unknown_routes_answer_in_the_one_error_shape() {
     assert_eq!(missing.code(), "route-not-found");
     assert!(missing.body["message"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_path_asked_with_another_method_says_which_methods_it_answers() {
+    let app = TestApp::spawn().await;
+    let trace = app.request(Method::TRACE, "/healthz", None, None).await.expect(405);
+    assert_eq!(trace.code(), "method-not-allowed");
+    assert_eq!(trace.headers["allow"], "GET");
+    let id = uuid::Uuid::now_v7();
+    let put = app.request(Method::PUT, &format!("/api/v1/webhooks/{id}"), None, None).await.expect(405);
+    assert_eq!(put.headers["allow"], "DELETE, PATCH");
+    app.request(Method::DELETE, "/api/openapi.json", None, None).await.expect(405);
+    // A path no route has stays a 404.
+    app.request(Method::TRACE, &format!("/api/v1/webhooks/{id}/nothing"), None, None).await.expect(404);
+}

@@ -106,6 +106,9 @@ async fn a_service_token_acts_only_for_its_tenants_and_up_to_its_priority_ceilin
         .expect(200);
     app.post("/api/v1/leases", &token, runner("sig-loongarch", 50)).await.expect(202);
     app.post("/api/v1/leases", &token, runner("sig-riscv", 50)).await.expect(422);
+    // A change that changes nothing is answered with the token as it is.
+    let same = app.patch(&format!("/api/v1/service-tokens/{id}"), &w.admin, json!({})).await.expect(200);
+    assert_eq!(same.body["tenants"], json!(["sig-loongarch"]));
     // A token bound to nothing is refused at issue, naming the field.
     let unbound = app
         .post("/api/v1/service-tokens", &w.admin, json!({ "name": "x", "tenants": [], "max_priority": 101 }))

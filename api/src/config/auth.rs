@@ -1,6 +1,7 @@
 //! Options for who may call and how hard they may try: signing keys, the key that encrypts
 //! secrets at rest, login throttling, password hashing, and what one service token may queue.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::Secret;
@@ -23,6 +24,9 @@ pub struct AuthConfig {
     /// Failed logins from one source address within the window before more are refused.
     pub login_failures_per_address: i32,
     pub login_window_secs: i64,
+    /// Reverse proxies in front of the server: for a request from one of these, the client's
+    /// address (for the per-address login limit) is read from `X-Forwarded-For`.
+    pub trusted_proxies: Vec<IpNet>,
     /// Password hashes computed at once (each takes about 19 MiB and a core for ~50 ms)...
     pub password_hash_concurrency: usize,
     /// ...and logins that may wait for one; beyond, the answer is 503 with `Retry-After`.
@@ -42,6 +46,7 @@ impl Default for AuthConfig {
             login_failures_per_account: 5,
             login_failures_per_address: 30,
             login_window_secs: 900,
+            trusted_proxies: Vec::new(),
             password_hash_concurrency: 2,
             password_hash_queue: 16,
             max_queued_leases: 200,

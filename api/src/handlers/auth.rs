@@ -68,7 +68,7 @@ pub async fn login(
     }
     errors.into_result()?;
     let email = request.email.trim().to_lowercase();
-    let address = req.peer_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    let address = client_address(&req, &state.config.auth.trusted_proxies);
     let throttle = Throttle::new(&state.config.auth, &email, &address);
 
     let mut conn = state.db().await?;
@@ -100,6 +100,29 @@ pub async fn login(
         expires_at: issued.expires_at,
         user: user.into(),
     }))
+}
+
+/// The address a request came from: the peer's, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not one (proxies append what they saw).
+fn client_address(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> String {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else { return "unknown".to_owned() };
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    nearest_untrusted(peer, forwarded, trusted).to_string()
+}
+
+fn nearest_untrusted(peer: std::net::IpAddr, forwarded: &str, trusted: &[ipnet::IpNet]) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut nearest = peer;
+    for hop in forwarded.split(',').rev().map_while(|hop| hop.trim().parse::<std::net::IpAddr>().ok()) {
+        nearest = hop;
+        if !is_trusted(&hop) {
+            break;
+        }
+    }
+    nearest
 }
 
 fn invalid_credentials() -> ApiError {
@@ -219,7 +242,7 @@ pub async fn change_password(
         .await?
         .ok_or_else(|| ApiError::unauthenticated("the account no longer exists"))?;
     let email = user.email.to_lowercase();
-    let address = req.peer_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    let address = client_address(&req, &state.config.auth.trusted_proxies);
     let throttle = Throttle::new(&state.config.auth, &email, &address);
     if let Some(wait) = db::login_failures::blocked_for(&mut conn, &throttle.limits, throttle.window_secs).await? {
         return Err(ApiError::too_many(
@@ -303,4 +326,23 @@ pub async fn me(caller: Principal) -> web::Json<WhoAmI> {
         donor_id,
         machine_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest_untrusted;
+
+    #[test]
+    fn the_client_address_is_read_through_trusted_proxies_only() {
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // Straight from a client: its own address, whatever it claims.
+        assert_eq!(nearest_untrusted(ip("203.0.113.7"), "198.51.100.1", &trusted), ip("203.0.113.7"));
+        // Through the proxy: the nearest hop the proxies did not add themselves.
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "198.51.100.1, 203.0.113.9", &trusted), ip("203.0.113.9"));
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "203.0.113.9, 10.0.0.5", &trusted), ip("203.0.113.9"));
+        // A proxy that sent nothing usable: the proxy's address.
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "", &trusted), ip("10.0.0.2"));
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "not an address", &trusted), ip("10.0.0.2"));
+    }
 }

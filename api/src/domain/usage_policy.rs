@@ -50,7 +50,9 @@ impl ClockTime {
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("`{text}` is not a time of day in HH:MM form (00:00 to 24:00)");
         let (hours, minutes) = text.split_once(':').ok_or_else(bad)?;
-        if hours.len() != 2 || minutes.len() != 2 {
+        // Two digits each, nothing else (integer parsing would also take `+1`).
+        let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+        if !two_digits(hours) || !two_digits(minutes) {
             return Err(bad());
         }
         let hours: u16 = hours.parse().map_err(|_| bad())?;
@@ -87,12 +89,13 @@ impl<'de> Deserialize<'de> for ClockTime {
 #[serde(deny_unknown_fields)]
 pub struct TimeWindow {
     /// The days on which the window opens.
+    #[schema(min_items = 1, max_items = 7)]
     pub days: Vec<Weekday>,
     /// Opening time, `HH:MM`.
-    #[schema(value_type = String, example = "20:00")]
+    #[schema(value_type = String, example = "20:00", pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
     pub start: ClockTime,
     /// Closing time, `HH:MM` (`24:00` for midnight).
-    #[schema(value_type = String, example = "08:00")]
+    #[schema(value_type = String, example = "08:00", pattern = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
     pub end: ClockTime,
 }
 
@@ -101,6 +104,7 @@ pub struct TimeWindow {
 #[serde(deny_unknown_fields)]
 pub struct UsagePolicy {
     /// What the machines may be used for.
+    #[schema(min_items = 1, max_items = 3)]
     pub purposes: Vec<Purpose>,
     /// IANA time zone the windows are read in; defaults to the donor's time zone.
     #[serde(default)]
@@ -108,6 +112,7 @@ pub struct UsagePolicy {
     pub time_zone: Option<String>,
     /// When the machines may be used. Empty: at any time.
     #[serde(default)]
+    #[schema(max_items = 28)]
     pub windows: Vec<TimeWindow>,
     /// How many leases may run on this donation's machines at once.
     #[schema(minimum = 1, maximum = 10000)]
@@ -321,7 +326,7 @@ mod tests {
     #[test]
     fn clock_times_are_strict() {
         assert_eq!(ClockTime::parse("24:00"), Ok(ClockTime::END_OF_DAY));
-        for bad in ["24:01", "7:00", "07:60", "noon", "07-00"] {
+        for bad in ["24:01", "7:00", "07:60", "noon", "07-00", "+1:00", "07:+5"] {
             assert!(ClockTime::parse(bad).is_err(), "{bad}");
         }
     }

@@ -57,7 +57,8 @@ pub struct NewUserRequest {
         max_length = 200
     )]
     pub display_name: String,
-    /// At least 12 characters.
+    /// At least 12 characters (and at most 1024 bytes).
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: String,
     /// `admin` or `donor`; service accounts are issued under `/service-tokens`.
     pub role: Role,

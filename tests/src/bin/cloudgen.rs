@@ -21,10 +21,9 @@ use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use clap::{Parser, Subcommand};
 use diesel::sql_types::{Double, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use fleetyard::auth::{TokenKeys, TokenKind};
 use fleetyard::config::{Config, Secret};
 use fleetyard::db::{self, Json};
-use fleetyard::domain::{Arch, LifecycleState, MachineId, Role, TokenId};
+use fleetyard::domain::{Arch, LifecycleState, MachineId};
 use fleetyard_tests::clouds::{Emulator, Kind};
 
 #[derive(Parser)]
@@ -114,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn setup(database_url: &str, secret: &str, lab: usize, out: &PathBuf) -> anyhow::Result<()> {
+async fn setup(database_url: &str, secret: &str, lab: usize, out: &std::path::Path) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(database_url).await.context("connecting")?;
     let (donation_id, donor_id, site_id) = fleetyard_tests::bench::lab_donation(&mut conn, "Cloud bench").await?;
     let labels = Default::default();
@@ -156,27 +155,7 @@ async fn setup(database_url: &str, secret: &str, lab: usize, out: &PathBuf) -> a
     ))
     .execute(&mut conn)
     .await?;
-    let token = TokenId::generate();
-    let expires_at = chrono::Utc::now() + chrono::Duration::days(1);
-    db::api_tokens::insert_many(
-        &mut conn,
-        &[db::api_tokens::NewApiToken {
-            id: token,
-            name: "cloudgen",
-            role: Role::Ci,
-            machine_id: None,
-            created_by: None,
-            expires_at,
-            tenants: &["*".to_owned()],
-            max_priority: 100,
-            // The benchmark's whole burst may wait at once.
-            max_queued_leases: Some(100_000),
-            max_queued_jobs: Some(100_000),
-        }],
-    )
-    .await?;
-    let keys = TokenKeys::new(&Config { jwt_secret: Secret(secret.into()), ..Config::default() });
-    std::fs::write(out, keys.issue_api_token(token.0, TokenKind::Service, expires_at)?.token)?;
+    fleetyard_tests::bench::service_token(&mut conn, "cloudgen", secret, out).await?;
     eprintln!("registered a full lab of {lab} x86_64 machines");
     Ok(())
 }

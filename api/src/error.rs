@@ -137,6 +137,26 @@ impl ApiError {
     pub fn code(&self) -> &str {
         &self.code
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What went wrong, for people (the web pages show it).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The fields a validation error names, with their problems (the web pages show each
+    /// next to its field).
+    pub fn field_errors(&self) -> Vec<(String, String)> {
+        let errors = self.details.as_ref().and_then(|d| d.get("errors")).and_then(|e| e.as_array());
+        errors
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e.get("field")?.as_str()?.to_owned(), e.get("problem")?.as_str()?.to_owned())))
+            .collect()
+    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -249,16 +249,21 @@ impl<T: DeserializeOwned + 'static> FromRequest for Query<T> {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        if let Some(field) = query_param_with_nul(req.query_string()) {
-            return std::future::ready(Err(ApiError::invalid_field(field, "must not contain the NUL character (%00)")));
-        }
-        let deserializer = serde_html_form::Deserializer::from_bytes(req.query_string().as_bytes());
-        std::future::ready(serde_path_to_error::deserialize(deserializer).map(Query).map_err(|error| {
-            let path = error.path().to_string();
-            let (field, problem) = field_and_problem(&path, &error.into_inner().to_string());
-            ApiError::invalid_field(field, problem)
-        }))
+        std::future::ready(parse_query(req.query_string()).map(Query))
     }
+}
+
+/// A query string (or a form body) deserialised as [`Query`] does, naming any bad parameter.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    if let Some(field) = query_param_with_nul(query) {
+        return Err(ApiError::invalid_field(field, "must not contain the NUL character (%00)"));
+    }
+    let deserializer = serde_html_form::Deserializer::from_bytes(query.as_bytes());
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let (field, problem) = field_and_problem(&path, &error.into_inner().to_string());
+        ApiError::invalid_field(field, problem)
+    })
 }
 
 fn strip_position(error: &serde_json::Error) -> String {
@@ -380,5 +385,47 @@ mod tests {
         assert_eq!(problem(r#"{"items": [}"#).0, 400);
         assert_eq!(problem("").0, 400);
         assert_eq!(problem(r#"{"items": []} trailing"#).0, 400);
+    }
+}
+
+/// The address a request came from: the peer's, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not one (proxies append what they saw).
+pub fn client_address(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> String {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else { return "unknown".to_owned() };
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    nearest_untrusted(peer, forwarded, trusted).to_string()
+}
+
+fn nearest_untrusted(peer: std::net::IpAddr, forwarded: &str, trusted: &[ipnet::IpNet]) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut nearest = peer;
+    for hop in forwarded.split(',').rev().map_while(|hop| hop.trim().parse::<std::net::IpAddr>().ok()) {
+        nearest = hop;
+        if !is_trusted(&hop) {
+            break;
+        }
+    }
+    nearest
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::nearest_untrusted;
+
+    #[test]
+    fn the_client_address_is_read_through_trusted_proxies_only() {
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // Straight from a client: its own address, whatever it claims.
+        assert_eq!(nearest_untrusted(ip("203.0.113.7"), "198.51.100.1", &trusted), ip("203.0.113.7"));
+        // Through the proxy: the nearest hop the proxies did not add themselves.
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "198.51.100.1, 203.0.113.9", &trusted), ip("203.0.113.9"));
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "203.0.113.9, 10.0.0.5", &trusted), ip("203.0.113.9"));
+        // A proxy that sent nothing usable: the proxy's address.
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "", &trusted), ip("10.0.0.2"));
+        assert_eq!(nearest_untrusted(ip("10.0.0.2"), "not an address", &trusted), ip("10.0.0.2"));
     }
 }

@@ -22,6 +22,7 @@ pub mod secrets;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod ui;
 pub mod views;
 pub mod work;
 

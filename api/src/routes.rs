@@ -8,8 +8,8 @@ use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::handlers::{
-    agent, audit, auth, clouds, donations, donors, jobs, leases, machines, service_tokens, sites, system, users,
-    webhooks,
+    agent, audit, auth, clouds, donations, donors, jobs, leases, machines, overview, service_tokens, sites, system,
+    users, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -38,6 +38,7 @@ use crate::handlers::{
         (name = "agents", description = "What machine agents call: enroll, heartbeat, renew"),
         (name = "webhooks", description = "Signed CloudEvents to subscribers, and the event outbox"),
         (name = "audit", description = "The append-only record of every change"),
+        (name = "overview", description = "The fleet at a glance, as the ops dashboard shows it"),
         (name = "system", description = "Health, readiness, Fleetyard's SSH key, background schedules"),
     ),
 )]
@@ -86,6 +87,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(donors::list_donors)
             .service(donors::get_donor)
             .service(donors::update_donor)
+            .service(overview::donor_usage)
             .service(sites::create_site)
             .service(sites::list_sites)
             .service(sites::get_site)
@@ -125,7 +127,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(clouds::list_cloud_instances)
             .service(clouds::create_cloud_import)
             .service(clouds::get_cloud_import)
-            .service(audit::list_audit),
+            .service(audit::list_audit)
+            .service(overview::fleet_overview),
     );
 }
 

@@ -41,6 +41,7 @@ pub fn build_app(
     app.route("/api/openapi.json", web::get().to(system::openapi_json))
         .route("/api/docs", web::get().to(system::docs))
         .route("/api/docs/{file}", web::get().to(system::docs))
+        .configure(crate::ui::configure)
         .default_service(web::to(routes::route_not_found))
         .wrap(TracingLogger::<RequestSpan>::new())
 }

@@ -174,7 +174,10 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
 }
 
 /// Looks up the row a verified token points at and turns it into a principal.
-async fn resolve(conn: &mut diesel_async::AsyncPgConnection, claims: &Claims) -> Result<Principal, ApiError> {
+pub(crate) async fn resolve(
+    conn: &mut diesel_async::AsyncPgConnection,
+    claims: &Claims,
+) -> Result<Principal, ApiError> {
     match claims.typ {
         TokenKind::User => {
             let user = db::users::find(conn, UserId(claims.sub))

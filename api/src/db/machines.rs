@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{donations, machine_status, machines};
-use super::{Json, Page, lower};
+use super::{Json, lower};
 use crate::domain::{
     Accelerator, Arch, DonationId, DonationModel, DonorId, Health, Labels, LifecycleState, MachineId, SiteId,
 };
@@ -194,12 +194,24 @@ pub struct MachineFilter {
     pub labels: Labels,
     /// Only machines past (or, with `false`, within) their in-progress state's deadline.
     pub overdue: Option<bool>,
+    /// Words each of which the hostname, asset tag or CPU model contains (any case).
+    pub search: Vec<String>,
+}
+
+/// The order of a machine list, with the key of the last row of the previous page.
+#[derive(Debug, Clone)]
+pub enum MachineOrder {
+    /// Registration order (ids are UUIDv7).
+    Registered { after: Option<MachineId> },
+    /// By hostname (machines without one first), then id.
+    Hostname { after: Option<(String, MachineId)> },
 }
 
 pub async fn list(
     conn: &mut AsyncPgConnection,
     filter: &MachineFilter,
-    page: Page<MachineId>,
+    order: &MachineOrder,
+    limit: i64,
 ) -> QueryResult<Vec<Machine>> {
     let mut query = machines::table.select(Machine::as_select()).into_boxed();
     if let Some(donor_id) = filter.donor_id {
@@ -236,10 +248,38 @@ pub async fn list(
         }
         None => {}
     }
-    if let Some(after) = page.after {
-        query = query.filter(machines::id.gt(after));
+    for word in &filter.search {
+        let pattern = format!("%{}%", escape_like(word));
+        query = query.filter(
+            machines::hostname
+                .ilike(pattern.clone())
+                .or(machines::asset_tag.ilike(pattern.clone()))
+                .or(machines::cpu_model.ilike(pattern)),
+        );
     }
-    query.order(machines::id).limit(page.fetch_limit()).load(conn).await
+    let hostname = diesel::dsl::sql::<diesel::sql_types::Text>("coalesce(machines.hostname, '')");
+    match order {
+        MachineOrder::Registered { after } => {
+            if let Some(after) = after {
+                query = query.filter(machines::id.gt(*after));
+            }
+            query = query.order(machines::id);
+        }
+        MachineOrder::Hostname { after } => {
+            if let Some((name, id)) = after {
+                query = query.filter(
+                    hostname.clone().gt(name.clone()).or(hostname.clone().eq(name.clone()).and(machines::id.gt(*id))),
+                );
+            }
+            query = query.order((hostname, machines::id));
+        }
+    }
+    query.limit(limit + 1).load(conn).await
+}
+
+/// `word` for a LIKE pattern, its wildcards matched literally.
+fn escape_like(word: &str) -> String {
+    word.replace('\\', r"\\").replace('%', r"\%").replace('_', r"\_")
 }
 
 /// Where lease holders log in (a cloud instance's, once the cloud says where it is).

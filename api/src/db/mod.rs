@@ -15,6 +15,7 @@ pub mod leases;
 pub mod login_failures;
 pub mod machine_status;
 pub mod machines;
+pub mod overview;
 pub mod platform_keys;
 pub mod reminders;
 pub mod schema;

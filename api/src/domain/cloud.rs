@@ -376,6 +376,12 @@ pub struct Spend {
     pub lease: Option<Duration>,
 }
 
+/// An amount in the configuration's currency, to the millionth (a minute of a small
+/// instance costs less than a cent).
+pub fn amount(micros: i64) -> f64 {
+    micros as f64 / 1_000_000.0
+}
+
 /// The first instant of the month `now` is in (UTC): budgets are monthly.
 pub fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
     use chrono::{Datelike, TimeZone};

@@ -16,19 +16,15 @@ use crate::auth::Principal;
 use crate::db::audit::{self, Change};
 use crate::db::clouds::{CloudImport, CloudInstance};
 use crate::db::{self};
+pub use crate::domain::cloud::amount;
 use crate::domain::cloud::{
     Bucket, InstanceState, Market, cost_micros, cost_within as domain_cost_within, month_start,
 };
 use crate::domain::{Arch, CloudProvider, FieldErrors, LeaseId, MachineId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
+pub use crate::operations::leases::lease_cost;
 use crate::state::AppState;
-
-/// An amount in the configuration's currency, to the millionth (a minute of a small
-/// instance costs less than a cent).
-pub fn amount(micros: i64) -> f64 {
-    micros as f64 / 1_000_000.0
-}
 
 /// What an instance cost between `from` and `to`.
 fn cost_within(i: &db::clouds::Billed, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
@@ -537,23 +533,4 @@ pub async fn get_cloud_import(
     let import =
         db::clouds::find_import(&mut conn, id.into_inner()).await?.ok_or_else(|| ApiError::not_found("import"))?;
     Ok(web::Json(import.into()))
-}
-
-/// What a lease's cloud instance costs it: the whole instance for one launched for it (or
-/// taken fresh from the warm pool: instances serve one lease), the time held for an imported
-/// server.
-pub fn lease_cost(instance: &CloudInstance, granted_at: Option<DateTime<Utc>>, ended_at: Option<DateTime<Utc>>) -> f64 {
-    let now = Utc::now();
-    let micros = if instance.imported {
-        match granted_at {
-            Some(from) => cost_micros(instance.hourly_micros, ended_at.unwrap_or(now) - from),
-            None => 0,
-        }
-    } else {
-        match instance.launched_at {
-            Some(from) => cost_micros(instance.hourly_micros, instance.ended_at.unwrap_or(now) - from),
-            None => 0,
-        }
-    };
-    amount(micros)
 }

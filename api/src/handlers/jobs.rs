@@ -10,10 +10,7 @@ use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::leases::{
-    Holder, LeaseSpec, check_demand, check_lab_wait, holder, idempotency_key, may_change, new_lease, queue_standing,
-    refusal, request_hash, scope,
-};
+use super::leases::idempotency_key;
 use super::{page, page_type, paginate};
 use crate::auth::Principal;
 use crate::db::jobs::{Job, NewJob};
@@ -27,6 +24,10 @@ use crate::domain::validation::check_text;
 use crate::domain::{FieldErrors, JobId, JobState, LeaseState, MachineId};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
+use crate::operations::leases::{
+    Holder, LeaseSpec, check_demand, check_lab_wait, holder, may_change, new_lease, queue_standing, refusal,
+    request_hash, scope,
+};
 use crate::scheduler::Answer;
 use crate::state::AppState;
 
@@ -68,7 +69,7 @@ pub struct JobRequest {
     #[serde(default)]
     pub max_wait_minutes: Option<i64>,
     /// Lab machines, a cloud instance, or either (the default), as for leases.
-    #[serde(default = "super::leases::any_placement")]
+    #[serde(default = "crate::operations::leases::any_placement")]
     pub placement: Placement,
     /// How long an attempt may wait for the labs before a cloud instance is launched for it.
     #[serde(default)]
@@ -89,7 +90,7 @@ pub struct JobView {
     pub id: JobId,
     pub state: JobState,
     pub tenant: String,
-    pub holder: super::leases::LeaseHolder,
+    pub holder: crate::operations::leases::LeaseHolder,
     /// `null` for a donor whose machine in the foundation's lab ran it: the work done in the
     /// lab is not the lender's to read.
     pub command: Option<String>,
@@ -109,7 +110,7 @@ pub struct JobView {
     /// Bytes of output so far (the newest 16 MiB are kept).
     pub output_bytes: i64,
     /// While queued: its place, as for leases.
-    pub queue: Option<super::leases::QueueStanding>,
+    pub queue: Option<crate::operations::leases::QueueStanding>,
 }
 
 impl From<Job> for JobView {
@@ -118,7 +119,7 @@ impl From<Job> for JobView {
             id: j.id,
             state: j.state,
             tenant: j.tenant,
-            holder: super::leases::LeaseHolder { kind: j.holder_kind, name: j.holder_name },
+            holder: crate::operations::leases::LeaseHolder { kind: j.holder_kind, name: j.holder_name },
             command: Some(j.command),
             env: Some(j.env.0),
             timeout_secs: j.timeout_secs,
@@ -255,7 +256,7 @@ pub async fn create_job(
                     return Err(ApiError::too_many(
                         crate::scheduler::QUEUE_CAP_REACHED,
                         format!("this service token may have at most {cap} jobs queued or running at once; retry once some have ended"),
-                        super::leases::QUEUE_CAP_RETRY_SECS,
+                        crate::operations::leases::QUEUE_CAP_RETRY_SECS,
                     ));
                 }
             }
@@ -431,7 +432,7 @@ pub async fn job_output(
     }
     let (job, sight) = find_visible(&state, &caller, path.into_inner()).await?;
     if sight != Sight::Whole {
-        return Err(super::machines::lab_machine());
+        return Err(crate::operations::inventory::lab_machine());
     }
     let mut conn = state.db().await?;
     let (bytes, total) = db::jobs::output_tail(&mut conn, job.id, tail).await?;

@@ -261,13 +261,21 @@ pub async fn list_sites(
     caller: Principal,
     query: Query<SiteListQuery>,
 ) -> Result<web::Json<SitePage>, ApiError> {
+    visible_sites(&state, &caller, query.into_inner()).await.map(web::Json)
+}
+
+/// The sites the caller may see (the web pages' donation form offers them too).
+pub(crate) async fn visible_sites(
+    state: &AppState,
+    caller: &Principal,
+    query: SiteListQuery,
+) -> Result<SitePage, ApiError> {
     let scope = caller.inventory_reader()?;
-    let query = query.into_inner();
     let page = page(query.cursor.as_deref(), query.limit)?;
     let mut conn = state.db().await?;
     let rows = db::sites::list(&mut conn, visibility(scope), query.kind, page).await?;
     let (rows, next_cursor) = paginate(rows, &page, |s| s.id);
-    Ok(web::Json(SitePage { items: rows.into_iter().map(SiteView::from).collect(), next_cursor }))
+    Ok(SitePage { items: rows.into_iter().map(SiteView::from).collect(), next_cursor })
 }
 
 #[utoipa::path(

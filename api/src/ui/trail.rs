@@ -1,0 +1,59 @@
+//! The audit log with its filters, on `operations::audit` (ops read all of it, a donor the
+//! entries about its own data).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+
+use super::machines::non_empty;
+use super::{Chrome, UiError, Viewer, answer, ok};
+use crate::operations::audit::{self, AuditPage, AuditQuery};
+use crate::state::AppState;
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditListPage {
+    c: Chrome,
+    page: AuditPage,
+    entity_type: String,
+    action: String,
+    entity_id: String,
+    next: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /ui/audit`
+pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) -> HttpResponse {
+    let shown = async {
+        let pairs: Vec<(String, String)> =
+            serde_html_form::from_str(req.query_string()).map_err(|_| UiError::BadForm)?;
+        let kept = non_empty(pairs.clone());
+        let field =
+            |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+        let (page, error) = match crate::extract::parse_query::<AuditQuery>(&kept) {
+            Ok(query) => match audit::list_audit(&state, &viewer.principal, query).await {
+                Ok(page) => (page, None),
+                Err(e) if e.status().is_client_error() => {
+                    (AuditPage { items: Vec::new(), next_cursor: None }, Some(e.message().to_owned()))
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => (AuditPage { items: Vec::new(), next_cursor: None }, Some(e.message().to_owned())),
+        };
+        let next = page.next_cursor.as_ref().map(|cursor| {
+            let mut next: Vec<(String, String)> = serde_html_form::from_str(&kept).unwrap_or_default();
+            next.retain(|(k, _)| k != "cursor");
+            next.push(("cursor".into(), cursor.clone()));
+            serde_html_form::to_string(&next).unwrap_or_default()
+        });
+        Ok(ok(&AuditListPage {
+            c: Chrome::new(&viewer, "audit"),
+            page,
+            entity_type: field("entity_type"),
+            action: field("action"),
+            entity_id: field("entity_id"),
+            next,
+            error,
+        }))
+    };
+    answer(&viewer.ui, shown.await)
+}

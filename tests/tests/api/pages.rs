@@ -1,0 +1,249 @@
+//! The web pages (issue #14) over plain HTTP, as a browser without JavaScript uses them:
+//! signing in with a cookie, both languages, the registration form's field errors, the CSRF
+//! token, a donor kept to its own pages, ops approving through a page, the CSV export and
+//! signing out. (The real-browser journeys and axe checks run in `tests/browser/`.)
+
+use std::collections::HashMap;
+
+use fleetyard_tests::TestApp;
+use fleetyard_tests::fixtures::{PASSWORD, id_of, machine, usage_right_form};
+use reqwest::header::{ACCEPT_LANGUAGE, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use serde_json::json;
+
+/// A cookie-keeping client that does not follow redirects, so each answer can be checked.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+    lang: &'static str,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+impl Page {
+    /// The value of the first hidden `_csrf` field.
+    fn csrf(&self) -> String {
+        let at = self.body.find("name=\"_csrf\" value=\"").expect("a form with a CSRF token");
+        let rest = &self.body[at + "name=\"_csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+impl Browser {
+    fn new(app: &TestApp, lang: &'static str) -> Browser {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { client, base: app.base_url.clone(), cookies: HashMap::new(), lang }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let response = request.header(COOKIE, cookie).header(ACCEPT_LANGUAGE, self.lang).send().await.unwrap();
+        for set in response.headers().get_all(SET_COOKIE) {
+            let text = set.to_str().unwrap();
+            let (pair, attributes) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attributes.contains("Max-Age=0") || value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        let status = response.status().as_u16();
+        let location = response.headers().get(LOCATION).map(|l| l.to_str().unwrap().to_owned());
+        Page { status, location, body: response.text().await.unwrap() }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self.client.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let body = serde_html_form::to_string(form).unwrap();
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(request).await
+    }
+
+    async fn sign_in(&mut self, email: &str) -> Page {
+        let form = self.get("/ui/login").await;
+        assert_eq!(form.status, 200);
+        let csrf = form.csrf();
+        let signed_in = self
+            .post("/ui/login", &[("_csrf", &csrf), ("next", "/ui/"), ("email", email), ("password", PASSWORD)])
+            .await;
+        assert_eq!(signed_in.status, 303, "signing in as {email}: {}", signed_in.body);
+        signed_in
+    }
+}
+
+async fn ops_account(app: &TestApp, admin: &str) -> String {
+    let email = format!("ops-pages-{}@fleetyard.test", uuid::Uuid::new_v4().simple());
+    app.post(
+        "/api/v1/users",
+        admin,
+        json!({ "email": email, "display_name": "Ops", "password": PASSWORD, "role": "admin" }),
+    )
+    .await
+    .expect(201);
+    email
+}
+
+fn donor_email(name: &str) -> String {
+    let slug: String = name.to_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("staff@{slug}.example")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_sign_in_and_see_the_dashboard_in_their_browser_s_language() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let email = ops_account(&app, &w.admin).await;
+
+    let mut anonymous = Browser::new(&app, "en-US");
+    let refused = anonymous.get("/ui/dashboard").await;
+    assert_eq!(refused.status, 303);
+    assert_eq!(refused.location.as_deref(), Some("/ui/login?next=%2Fui%2Fdashboard"));
+
+    let mut en = Browser::new(&app, "en-US,en;q=0.9");
+    assert_eq!(en.sign_in(&email).await.location.as_deref(), Some("/ui/"));
+    assert!(en.cookies.contains_key("fy_session"));
+    assert_eq!(en.get("/ui/").await.location.as_deref(), Some("/ui/dashboard"));
+    let dashboard = en.get("/ui/dashboard").await;
+    assert_eq!(dashboard.status, 200);
+    assert!(dashboard.body.contains("<html lang=\"en\">") && dashboard.body.contains("The fleet at a glance"));
+
+    let mut zh = Browser::new(&app, "zh-CN,zh;q=0.9");
+    zh.sign_in(&email).await;
+    let dashboard = zh.get("/ui/dashboard").await;
+    assert!(
+        dashboard.body.contains("<html lang=\"zh-CN\">") && dashboard.body.contains("机群总览"),
+        "{}",
+        dashboard.body
+    );
+
+    // Switching the language sticks, whatever the browser asks for.
+    let switched = en.post("/ui/lang", &[("lang", "zh-CN"), ("next", "/ui/machines")]).await;
+    assert_eq!(switched.location.as_deref(), Some("/ui/machines"));
+    assert!(en.get("/ui/machines").await.body.contains("机器"));
+
+    // Every page ops open answers.
+    for path in ["/ui/machines", "/ui/donations", "/ui/queue", "/ui/audit", "/ui/donations/new", "/ui/assets/app.css"] {
+        assert_eq!(zh.get(path).await.status, 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_donor_registers_through_the_form_sees_its_mistake_next_to_the_field_and_fixes_it() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let mut donor = Browser::new(&app, "en-US");
+    donor.sign_in(&donor_email("Plumtree Semiconductor")).await;
+    assert_eq!(donor.get("/ui/").await.location.as_deref(), Some("/ui/donations"));
+    let form = donor.get("/ui/donations/new").await;
+    let csrf = form.csrf();
+    let mut fields = vec![
+        ("_csrf", csrf.as_str()),
+        ("rows", "1"),
+        ("windows", "1"),
+        ("model", "usage_right"),
+        ("site_id", w.a.site_id.as_str()),
+        ("agreement_ref", "PLUM-UI-1"),
+        ("starts_on", "2026-12-01"),
+        ("machines[0].hostname", "rv-ui-1"),
+        ("machines[0].arch", "riscv64"),
+        ("machines[0].cpu_model", "SG2042"),
+        ("machines[0].cpu_cores", "sixty-four"),
+        ("machines[0].memory_mib", "131072"),
+        ("machines[0].disk_gib", "1024"),
+        ("usage_policy.purposes", "ci"),
+        ("usage_policy.max_concurrent_leases", "2"),
+        ("usage_policy.max_lease_minutes", "240"),
+        ("usage_policy.windows[0].days", "sat"),
+        ("usage_policy.windows[0].start", "20:00"),
+        ("usage_policy.windows[0].end", "24:00"),
+    ];
+    let mistaken = donor.post("/ui/donations/new", &fields).await;
+    assert_eq!(mistaken.status, 422);
+    assert!(
+        mistaken.body.contains("id=\"m0-cpu_cores-error\""),
+        "the error sits next to its field:\n{}",
+        mistaken.body
+    );
+    assert!(mistaken.body.contains("value=\"rv-ui-1\""), "what was typed is kept");
+    let before = app.get(&format!("/api/v1/donations?donor_id={}", w.a.id), &w.a.token).await;
+    assert_eq!(before.body["items"].as_array().unwrap().len(), 0, "nothing was written");
+
+    fields.retain(|(k, _)| *k != "machines[0].cpu_cores");
+    fields.push(("machines[0].cpu_cores", "64"));
+    let registered = donor.post("/ui/donations/new", &fields).await;
+    assert_eq!(registered.status, 303, "{}", registered.body);
+    let page = registered.location.unwrap();
+    let shown = donor.get(&page).await;
+    assert!(shown.body.contains("PLUM-UI-1") && shown.body.contains("rv-ui-1"));
+
+    // Without its token the same form is refused, and nothing more is written.
+    let without: Vec<_> = fields
+        .iter()
+        .filter(|(k, _)| *k != "_csrf")
+        .map(|(k, v)| (*k, if *k == "agreement_ref" { "PLUM-UI-2" } else { *v }))
+        .collect();
+    assert_eq!(donor.post("/ui/donations/new", &without).await.status, 403);
+    let after = app.get(&format!("/api/v1/donations?donor_id={}", w.a.id), &w.a.token).await;
+    assert_eq!(after.body["items"].as_array().unwrap().len(), 1);
+
+    // Another donor's staff cannot open it, nor act on it.
+    let mut other = Browser::new(&app, "en-US");
+    other.sign_in(&donor_email("Westlake Open Hardware Lab")).await;
+    assert_eq!(other.get(&page).await.status, 404);
+    let token = other.get("/ui/donations").await.csrf();
+    assert_eq!(other.post(&format!("{page}/act"), &[("_csrf", &token), ("action", "withdraw")]).await.status, 404);
+    assert!(!other.get("/ui/donations").await.body.contains("PLUM-UI-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_approve_a_donation_find_its_machine_and_export_the_list() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    let donation = app
+        .post(
+            "/api/v1/donations",
+            &w.a.token,
+            usage_right_form(&w.a.site_id, "PLUM-OPS-1", vec![machine("riscv64", "RV-OPS-1")]),
+        )
+        .await
+        .expect(201);
+    let id = id_of(&donation.body);
+    let email = ops_account(&app, &w.admin).await;
+    let mut ops = Browser::new(&app, "en-US");
+    ops.sign_in(&email).await;
+    let review = ops.get("/ui/donations").await;
+    assert!(review.body.contains("PLUM-OPS-1"), "a submitted donation waits for review");
+    let page = ops.get(&format!("/ui/donations/{id}")).await;
+    let approved =
+        ops.post(&format!("/ui/donations/{id}/act"), &[("_csrf", &page.csrf()), ("action", "approve")]).await;
+    assert_eq!(approved.status, 303);
+    let api = app.get(&format!("/api/v1/donations/{id}"), &w.admin).await;
+    assert_eq!(api.body["status"], "approved");
+
+    let list = ops.get("/ui/machines?arch=riscv64&q=rv-ops").await;
+    assert!(list.body.contains("RV-OPS-1"));
+    assert!(!ops.get("/ui/machines?arch=x86_64").await.body.contains("RV-OPS-1"));
+    let csv = ops.get("/ui/machines.csv?arch=riscv64").await;
+    assert_eq!(csv.status, 200);
+    let mut lines = csv.body.lines();
+    assert!(lines.next().unwrap().starts_with("id,hostname,asset_tag,arch"));
+    assert!(lines.any(|l| l.contains("RV-OPS-1") && l.contains("riscv64")));
+
+    // Signing out ends the session everywhere, the API's bearer tokens of that user included.
+    let token = ops.get("/ui/dashboard").await.csrf();
+    assert_eq!(ops.post("/ui/logout", &[("_csrf", &token)]).await.location.as_deref(), Some("/ui/login"));
+    assert_eq!(ops.get("/ui/dashboard").await.status, 303);
+}

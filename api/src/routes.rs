@@ -118,6 +118,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
             .service(leases::get_lease)
             .service(leases::extend_lease)
             .service(leases::release_lease)
+            .service(leases::lease_queue)
             .service(jobs::create_job)
             .service(jobs::list_jobs)
             .service(jobs::get_job)

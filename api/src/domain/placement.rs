@@ -151,6 +151,66 @@ pub fn misfit(machine: &Candidate, demand: &Demand, now: DateTime<Utc>, held_on_
     None
 }
 
+/// Why a queued lease still waits, as people are told (the queue page, `GET /queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// No machine in the pool could ever take it: it waits for a cloud instance, or for a
+    /// machine that fits to join.
+    NoMachineFits,
+    /// Every machine that fits is leased, or not ready and healthy now.
+    AllBusy,
+    /// Free machines fit, but their donors' time windows are closed now or before it would end.
+    WindowClosed,
+    /// Free machines fit, but their donations hold as many leases as their donors allow.
+    CapReached,
+    /// A free machine fits now: the next placement round grants it, unless leases ahead in the
+    /// queue take the machine first.
+    NextRound,
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WaitReason::NoMachineFits => "no_machine_fits",
+            WaitReason::AllBusy => "all_busy",
+            WaitReason::WindowClosed => "window_closed",
+            WaitReason::CapReached => "cap_reached",
+            WaitReason::NextRound => "next_round",
+        })
+    }
+}
+
+/// Why `demand` still waits: against the whole pool (`inventory`), the machines free now, and
+/// how many leases each donation holds (`held_on`).
+pub fn why_waiting(
+    demand: &Demand,
+    inventory: &[Candidate],
+    free: &[Candidate],
+    held_on: impl Fn(Option<DonationId>) -> i64,
+    now: DateTime<Utc>,
+) -> WaitReason {
+    if !inventory.iter().any(|m| lasting_misfit(m, demand).is_none()) {
+        return WaitReason::NoMachineFits;
+    }
+    let (mut window, mut cap, mut fitting_free) = (0, 0, 0);
+    for machine in free.iter().filter(|m| lasting_misfit(m, demand).is_none()) {
+        fitting_free += 1;
+        match misfit(machine, demand, now, held_on(machine.donation_id)) {
+            None => return WaitReason::NextRound,
+            Some(Misfit::Window) => window += 1,
+            Some(Misfit::Cap) => cap += 1,
+            Some(_) => {}
+        }
+    }
+    match (fitting_free, window, cap) {
+        (0, _, _) => WaitReason::AllBusy,
+        (_, w, c) if w >= c && w > 0 => WaitReason::WindowClosed,
+        (_, _, c) if c > 0 => WaitReason::CapReached,
+        _ => WaitReason::AllBusy,
+    }
+}
+
 /// How well a machine suits a lease; higher is better. A cloud instance always comes after
 /// every donated machine that fits (it costs money by the hour). Four parts, each between 0
 /// and 1:
@@ -427,6 +487,32 @@ mod tests {
         // Saturday.
         let saturday = Utc.with_ymd_and_hms(2026, 11, 21, 2, 0, 0).unwrap();
         assert_eq!(misfit(&board, &ci, saturday, 0), Some(Misfit::Window));
+    }
+
+    #[test]
+    fn a_waiting_lease_is_told_why_it_waits() {
+        let terms = policy(json!({
+            "purposes": ["ci"], "time_zone": "Asia/Shanghai",
+            "windows": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}],
+            "max_concurrent_leases": 1, "max_lease_minutes": 240,
+        }));
+        let board = donor_hosted(machine(Arch::Riscv64, 4, 8), terms);
+        let (wednesday_10_local, saturday) = (
+            Utc.with_ymd_and_hms(2026, 11, 18, 2, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 21, 2, 0, 0).unwrap(),
+        );
+        let ci = demand(Arch::Riscv64, 1, 1);
+        let pool = [board.clone()];
+        let none_held = |_| 0;
+        assert_eq!(
+            why_waiting(&demand(Arch::Aarch64, 1, 1), &pool, &pool, none_held, saturday),
+            WaitReason::NoMachineFits
+        );
+        assert_eq!(why_waiting(&ci, &pool, &[], none_held, saturday), WaitReason::AllBusy);
+        assert_eq!(why_waiting(&ci, &pool, &pool, none_held, saturday), WaitReason::WindowClosed);
+        assert_eq!(why_waiting(&ci, &pool, &pool, |_| 1, wednesday_10_local), WaitReason::CapReached);
+        assert_eq!(why_waiting(&ci, &pool, &pool, none_held, wednesday_10_local), WaitReason::NextRound);
+        assert_eq!(WaitReason::CapReached.to_string(), "cap_reached");
     }
 
     #[test]

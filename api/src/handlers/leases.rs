@@ -11,7 +11,7 @@ use crate::extract::{Json, Query};
 use crate::operations::leases;
 pub use crate::operations::leases::{
     ExtendRequest, LeaseCloud, LeaseHolder, LeaseListQuery, LeasePage, LeaseRequest, LeaseView, QueueStanding,
-    WaitQuery,
+    WaitQuery, WaitingLease,
 };
 use crate::state::AppState;
 
@@ -147,4 +147,38 @@ pub async fn release_lease(
     path: web::Path<LeaseId>,
 ) -> Result<web::Json<LeaseView>, ApiError> {
     leases::release_lease(&state, &caller, path.into_inner()).await.map(web::Json)
+}
+
+/// How much of the queue to show.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueueQuery {
+    /// 1 to 500, default 100: the oldest queued leases first.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(
+    tag = "leases",
+    params(QueueQuery),
+    responses(
+        (status = 200, body = Vec<WaitingLease>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+)]
+#[get("/queue")]
+/// The lease queue, oldest first: each queued lease with its place, its estimated start and why
+/// it waits (no machine fits, all that fit are busy, donors' windows closed, donations at their
+/// caps, or due at the next round). Ops. The queue page shows the same.
+pub async fn lease_queue(
+    state: web::Data<AppState>,
+    caller: Principal,
+    query: Query<QueueQuery>,
+) -> Result<web::Json<Vec<WaitingLease>>, ApiError> {
+    let limit = query.into_inner().limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 500"));
+    }
+    leases::waiting(&state, &caller, limit).await.map(web::Json)
 }

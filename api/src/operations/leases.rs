@@ -21,7 +21,7 @@ use crate::domain::cloud::{InstanceState, Market, Placement, amount, cost_micros
 use crate::domain::grant;
 use crate::domain::inventory::validate_labels;
 use crate::domain::lease::latest_end;
-use crate::domain::placement::Requirements;
+use crate::domain::placement::{Requirements, WaitReason, why_waiting};
 use crate::domain::usage_policy::Purpose;
 use crate::domain::{Arch, FieldErrors, HolderKind, JobId, LeaseId, LeaseState, MachineId};
 use crate::error::ApiError;
@@ -130,6 +130,8 @@ pub struct LeaseView {
     /// A lease still queued at this time fails.
     pub deadline: DateTime<Utc>,
     pub machine_id: Option<MachineId>,
+    /// The build or test job this lease is an attempt of, if any.
+    pub job_id: Option<JobId>,
     /// How to reach the machine while the lease is granted.
     pub connection: Option<SshEndpoint>,
     pub granted_at: Option<DateTime<Utc>>,
@@ -162,6 +164,7 @@ impl LeaseView {
             queued_at: lease.queued_at,
             deadline: lease.deadline,
             machine_id: lease.machine_id,
+            job_id: lease.job_id,
             connection: if lease.state == LeaseState::Granted { connection } else { None },
             granted_at: lease.granted_at,
             expires_at: lease.expires_at,
@@ -674,4 +677,36 @@ pub fn lease_cost(instance: &CloudInstance, granted_at: Option<DateTime<Utc>>, e
         }
     };
     amount(micros)
+}
+
+/// A queued lease and why it still waits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingLease {
+    #[serde(flatten)]
+    pub lease: LeaseView,
+    pub why: WaitReason,
+}
+
+/// The queue as ops see it: every queued lease up to `limit` (the oldest first), each with its
+/// place, its estimate and why it waits. Ops only.
+pub async fn waiting(state: &AppState, caller: &Principal, limit: i64) -> Result<Vec<WaitingLease>, ApiError> {
+    caller.require_admin()?;
+    let mut conn = state.db().await?;
+    let queued = db::leases::queued(&mut conn, limit).await?;
+    if queued.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inventory = db::leases::inventory(&mut conn).await?;
+    let (free, _) = db::leases::free_machines(&mut conn).await?;
+    let mut held: std::collections::HashMap<Option<crate::domain::DonationId>, i64> = Default::default();
+    for h in db::leases::held(&mut conn).await? {
+        *held.entry(h.donation_id).or_default() += h.count;
+    }
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(queued.len());
+    for lease in queued {
+        let why = why_waiting(&lease.demand(), &inventory, &free, |d| held.get(&d).copied().unwrap_or(0), now);
+        out.push(WaitingLease { lease: view_on(&mut conn, lease).await?, why });
+    }
+    Ok(out)
 }

@@ -6,8 +6,10 @@ use askama::Template;
 use serde_json::json;
 
 use super::{Chrome, Viewer, answer, json_for_script, ok};
-use crate::domain::LeaseState;
-use crate::operations::leases::{self, LeaseListQuery, LeasePage};
+use crate::operations::leases::{self, WaitingLease};
+
+/// How many waiting leases the queue page lists (the oldest).
+const QUEUE_ROWS: i64 = 100;
 use crate::operations::overview::{self, FleetOverview};
 use crate::state::AppState;
 
@@ -78,19 +80,18 @@ pub async fn page(state: web::Data<AppState>, viewer: Viewer) -> HttpResponse {
 struct QueuePage {
     c: Chrome,
     o: FleetOverview,
-    /// The first waiting leases, in queue order per architecture.
-    waiting: LeasePage,
+    /// The oldest waiting leases, each with why it waits.
+    waiting: Vec<WaitingLease>,
 }
 
 /// `GET /ui/queue` (ops): what waits, per architecture, and how long leases waited.
 pub async fn queue(state: web::Data<AppState>, viewer: Viewer) -> HttpResponse {
     let shown = async {
         let o = overview::fleet_overview(&state, &viewer.principal).await?;
-        let query = LeaseListQuery { state: vec![LeaseState::Queued], limit: Some(200), ..LeaseListQuery::default() };
-        let mut waiting = leases::list_leases(&state, &viewer.principal, query).await?;
-        waiting
-            .items
-            .sort_by_key(|l| (l.requirements.arch.to_string(), l.queue.as_ref().map_or(i64::MAX, |q| q.position)));
+        let mut waiting = leases::waiting(&state, &viewer.principal, QUEUE_ROWS).await?;
+        waiting.sort_by_key(|w| {
+            (w.lease.requirements.arch.to_string(), w.lease.queue.as_ref().map_or(i64::MAX, |q| q.position))
+        });
         Ok(ok(&QueuePage { c: Chrome::new(&viewer, "queue"), o, waiting }))
     };
     answer(&viewer.ui, shown.await)

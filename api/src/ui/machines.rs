@@ -9,6 +9,7 @@ use askama::Template;
 use super::{Chrome, Refused, UiError, Viewer, answer, ok, redirect};
 use crate::domain::{Arch, DonationModel, Health, LifecycleState, MachineId};
 use crate::error::ApiError;
+use crate::handlers::sites::{SiteListQuery, SiteView, visible_sites};
 use crate::operations::audit::{self, AuditPage, AuditQuery};
 use crate::operations::inventory::{
     self, LiftQuarantineRequest, MachineDetail, MachineListQuery, MachinePage, MachineSort, MaintenanceRequest,
@@ -41,6 +42,7 @@ struct ListPage {
     states: &'static [LifecycleState],
     healths: &'static [Health],
     models: &'static [DonationModel],
+    sites: Vec<SiteView>,
     /// The query string of the next page and of the CSV export.
     next: Option<String>,
     export: String,
@@ -62,6 +64,12 @@ impl ListPage {
     }
     fn model_is(&self, m: &DonationModel) -> bool {
         Self::picked(&self.q.donation_model, m)
+    }
+    fn site_is(&self, site: &SiteView) -> bool {
+        self.q.site_id == Some(site.id)
+    }
+    fn overdue_is(&self, value: bool) -> bool {
+        self.q.overdue == Some(value)
     }
     fn by_hostname(&self) -> bool {
         self.q.sort == Some(MachineSort::Hostname)
@@ -105,6 +113,13 @@ pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) 
             states: LifecycleState::ALL,
             healths: &[Health::Unknown, Health::Healthy, Health::Degraded, Health::Unreachable],
             models: &[DonationModel::UsageRight, DonationModel::Ownership, DonationModel::Loan],
+            sites: visible_sites(
+                &state,
+                &viewer.principal,
+                SiteListQuery { kind: None, cursor: None, limit: Some(200) },
+            )
+            .await?
+            .items,
             next,
             export,
         }))
@@ -192,8 +207,10 @@ struct MachinePageView {
     c: Chrome,
     m: MachineDetail,
     trail: AuditPage,
-    /// Its latest leases; jobs ride on leases (holder `job`).
+    /// Its latest leases; a job's attempts are leases too (with its `job_id`).
     leases: LeasePage,
+    /// Its health changes, newest first (from the audit log).
+    health: AuditPage,
     /// What the last action answered, if it was refused.
     refused: Refused,
 }
@@ -201,6 +218,11 @@ struct MachinePageView {
 impl MachinePageView {
     fn field_error(&self, field: &str) -> Option<String> {
         self.refused.field(field)
+    }
+    /// `health` in an audit entry's before or after state.
+    fn health_in(&self, state: &Option<serde_json::Value>) -> String {
+        let health = state.as_ref().and_then(|s| s.get("health")).and_then(|h| h.as_str()).unwrap_or("—");
+        self.c.word("health", health)
     }
     fn quarantined(&self) -> bool {
         self.m.machine.quarantine.is_some()
@@ -234,10 +256,21 @@ async fn machine_page(
         AuditQuery { entity_id: Some(id.0), limit: Some(50), ..AuditQuery::default() },
     )
     .await?;
+    let health = audit::list_audit(
+        state,
+        &viewer.principal,
+        AuditQuery {
+            entity_id: Some(id.0),
+            action: Some("machine.health_changed".into()),
+            limit: Some(20),
+            ..AuditQuery::default()
+        },
+    )
+    .await?;
     let query = LeaseListQuery { machine_id: Some(id), limit: Some(20), ..LeaseListQuery::default() };
     let leases = leases::list_leases(state, &viewer.principal, query).await?;
     let status = refused.status();
-    let page = MachinePageView { c: Chrome::new(viewer, "machines"), m, trail, leases, refused };
+    let page = MachinePageView { c: Chrome::new(viewer, "machines"), m, trail, leases, health, refused };
     Ok(super::render(status, &page))
 }
 

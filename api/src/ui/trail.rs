@@ -17,6 +17,8 @@ struct AuditListPage {
     entity_type: String,
     action: String,
     entity_id: String,
+    since: String,
+    until: String,
     next: Option<String>,
     error: Option<String>,
 }
@@ -26,7 +28,7 @@ pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) 
     let shown = async {
         let pairs: Vec<(String, String)> =
             serde_html_form::from_str(req.query_string()).map_err(|_| UiError::BadForm)?;
-        let kept = non_empty(pairs.clone());
+        let kept = non_empty(pairs.iter().map(|(k, v)| (k.clone(), day_to_instant(k, v, &viewer))).collect());
         let field =
             |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
         let (page, error) = match crate::extract::parse_query::<AuditQuery>(&kept) {
@@ -40,7 +42,8 @@ pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) 
             Err(e) => (AuditPage { items: Vec::new(), next_cursor: None }, Some(e.message().to_owned())),
         };
         let next = page.next_cursor.as_ref().map(|cursor| {
-            let mut next: Vec<(String, String)> = serde_html_form::from_str(&kept).unwrap_or_default();
+            let mut next: Vec<(String, String)> =
+                serde_html_form::from_str(&non_empty(pairs.clone())).unwrap_or_default();
             next.retain(|(k, _)| k != "cursor");
             next.push(("cursor".into(), cursor.clone()));
             serde_html_form::to_string(&next).unwrap_or_default()
@@ -51,9 +54,25 @@ pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) 
             entity_type: field("entity_type"),
             action: field("action"),
             entity_id: field("entity_id"),
+            since: field("since"),
+            until: field("until"),
             next,
             error,
         }))
     };
     answer(&viewer.ui, shown.await)
+}
+
+/// The date fields (`since`, `until`: `YYYY-MM-DD` from a date input) as the start of that
+/// day in the viewer's zone, in RFC 3339 as the API takes them; other values as they are.
+fn day_to_instant(key: &str, value: &str, viewer: &Viewer) -> String {
+    if !matches!(key, "since" | "until") {
+        return value.to_owned();
+    }
+    let Ok(day) = chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d") else { return value.to_owned() };
+    let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default();
+    match midnight.and_local_timezone(viewer.ui.tr.tz).earliest() {
+        Some(at) => at.with_timezone(&chrono::Utc).to_rfc3339(),
+        None => value.to_owned(),
+    }
 }

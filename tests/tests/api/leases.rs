@@ -49,6 +49,11 @@ async fn a_ci_runner_is_granted_with_connection_details_then_the_next_one_waits_
     assert_eq!(second.body["connection"], json!(null));
     assert_eq!(second.body["queue"]["position"], 1);
     assert_eq!(second.body["queue"]["estimated_start_at"], first.body["expires_at"]);
+    // Ops see why it waits (the queue page shows the same); CI may not read the whole queue.
+    let queue = app.get("/api/v1/queue", &w.admin).await.expect(200);
+    assert_eq!(queue.body[0]["id"], second.body["id"]);
+    assert_eq!(queue.body[0]["why"], "all_busy");
+    app.get("/api/v1/queue", &w.ci).await.expect(403);
 
     // Releasing the first hands the machine to the second; a long poll sees it happen.
     let second_id = second.body["id"].as_str().unwrap();

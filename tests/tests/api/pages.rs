@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use fleetyard_tests::TestApp;
-use fleetyard_tests::fixtures::{PASSWORD, id_of, machine, usage_right_form};
+use fleetyard_tests::fixtures::{PASSWORD, id_of, machine, pool_machine, usage_right_form};
 use reqwest::header::{ACCEPT_LANGUAGE, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
 
@@ -233,6 +233,16 @@ async fn ops_approve_a_donation_find_its_machine_and_export_the_list() {
     let api = app.get(&format!("/api/v1/donations/{id}"), &w.admin).await;
     assert_eq!(api.body["status"], "approved");
 
+    // The dashboard shows the API's numbers.
+    let overview = app.get("/api/v1/overview", &w.admin).await.expect(200).body;
+    let dashboard = ops.get("/ui/dashboard").await.body;
+    assert_eq!(overview["machines"], 1);
+    assert!(dashboard.contains("One machine ·"), "{dashboard}");
+    assert_eq!(overview["by_arch"]["riscv64"], 1);
+    let row = &dashboard[dashboard.find("arch=riscv64\">riscv64</a>").expect("a riscv64 row")..];
+    assert!(row[..200.min(row.len())].contains("</span> 1</td>"), "the riscv64 row: {}", &row[..200.min(row.len())]);
+    assert_eq!(overview["awaiting_review"]["total"], 0);
+
     let list = ops.get("/ui/machines?arch=riscv64&q=rv-ops").await;
     assert!(list.body.contains("RV-OPS-1"));
     assert!(!ops.get("/ui/machines?arch=x86_64").await.body.contains("RV-OPS-1"));
@@ -246,4 +256,24 @@ async fn ops_approve_a_donation_find_its_machine_and_export_the_list() {
     let token = ops.get("/ui/dashboard").await.csrf();
     assert_eq!(ops.post("/ui/logout", &[("_csrf", &token)]).await.location.as_deref(), Some("/ui/login"));
     assert_eq!(ops.get("/ui/dashboard").await.status, 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_page_says_why_a_lease_waits() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+    app.ready_pool(&w, "ownership", None, vec![pool_machine("riscv64", "RV-Q-1", 8, 16)]).await;
+    let runner =
+        json!({ "requirements": { "arch": "riscv64" }, "purpose": "ci", "duration_minutes": 60, "tenant": "sig-q" });
+    app.post("/api/v1/leases", &w.ci, runner.clone()).await.expect(201);
+    app.post("/api/v1/leases", &w.ci, runner).await.expect(202);
+    let email = ops_account(&app, &w.admin).await;
+    let mut ops = Browser::new(&app, "en-US");
+    ops.sign_in(&email).await;
+    let queue = ops.get("/ui/queue").await;
+    assert_eq!(queue.status, 200);
+    assert!(queue.body.contains("every machine that fits is busy"), "{}", queue.body);
+    let mut zh = Browser::new(&app, "zh-CN");
+    zh.sign_in(&email).await;
+    assert!(zh.get("/ui/queue").await.body.contains("所有合适的机器都在忙"));
 }

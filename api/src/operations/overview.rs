@@ -259,8 +259,9 @@ fn pools_and_days<'a>(
         .collect()
 }
 
+/// To the hundredth; never `-0` (an empty sum of floats is `-0.0`).
 fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+    (x * 100.0).round() / 100.0 + 0.0
 }
 
 /// Which month a usage report covers.
@@ -346,4 +347,36 @@ pub async fn donor_usage(
         total_jobs: by_arch.iter().map(|a| a.jobs).sum(),
         by_arch,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, TimeZone, Utc};
+
+    use super::{pools_and_days, round2};
+    use crate::db::overview::{LeasedHours, PoolSize};
+
+    #[test]
+    fn nothing_leased_is_zero_hours_not_minus_zero() {
+        assert_eq!(round2(std::iter::empty::<f64>().sum()).to_string(), "0");
+        assert_eq!(round2(1.005_1), 1.01);
+    }
+
+    #[test]
+    fn utilisation_is_leased_hours_over_the_pool_s_hours_every_day() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap();
+        let pools = [PoolSize { arch: "riscv64".into(), machines: 2 }];
+        let hours = [LeasedHours { day: day(5), arch: "riscv64".into(), hours: 24.0 }];
+        let known = ["loongarch64".to_owned()];
+        let rows = pools_and_days(known.iter(), &pools, &hours, day(4), day(6), now);
+        assert_eq!(rows.len(), 2, "an architecture with machines but no pool is shown too");
+        let riscv = rows.iter().find(|a| a.arch == "riscv64").unwrap();
+        let shares: Vec<f64> = riscv.days.iter().map(|d| d.share).collect();
+        // Two machines: 48 machine-hours a day, half of them leased on the 5th; none yet today.
+        assert_eq!(shares, vec![0.0, 0.5, 0.0]);
+        let loongarch = rows.iter().find(|a| a.arch == "loongarch64").unwrap();
+        assert_eq!(loongarch.pool, 0);
+        assert!(loongarch.days.iter().all(|d| d.share == 0.0));
+    }
 }

@@ -150,7 +150,9 @@ async fn setup(
     .await?;
     // Past leases over the last 60 days, each of 10 to 190 minutes on one of the machines.
     diesel::sql_query(
-        "INSERT INTO leases (id, state, holder_kind, holder_id, holder_name, request_hash, tenant, purpose, priority,
+        "WITH m AS (SELECT id, arch, donation_id, donor_id, row_number() OVER (ORDER BY id) - 1 AS n
+                    FROM machines WHERE donation_id = $2)
+         INSERT INTO leases (id, state, holder_kind, holder_id, holder_name, request_hash, tenant, purpose, priority,
              arch, min_cores, min_memory_mib, min_disk_gib, labels, trusted_only, duration_secs, queued_at, deadline,
              machine_id, donation_id, donor_id, granted_at, expires_at, ended_at, end_reason)
          SELECT gen_random_uuid(), 'released', 'service', '00000000-0000-0000-0000-000000000001', 'pagegen', '\\x00',
@@ -158,9 +160,8 @@ async fn setup(
                 m.id, m.donation_id, m.donor_id, t.at, t.at + interval '1 hour',
                 t.at + ((10 + g % 180) * interval '1 minute'), 'released by its holder'
          FROM generate_series(1, $1) g
-         JOIN LATERAL (SELECT now() - (g::float8 / $1) * interval '60 days' - interval '4 hours' AS at) t ON true
-         JOIN LATERAL (SELECT id, arch, donation_id, donor_id FROM machines
-                       WHERE donation_id = $2 ORDER BY id OFFSET (g * 7919) % $3 LIMIT 1) m ON true",
+         CROSS JOIN LATERAL (SELECT now() - (g::float8 / $1) * interval '60 days' - interval '4 hours' AS at) t
+         JOIN m ON m.n = (g::bigint * 7919) % $3",
     )
     .bind::<diesel::sql_types::Integer, _>(i32::try_from(leases)?)
     .bind::<diesel::sql_types::Uuid, _>(donation_id.0)

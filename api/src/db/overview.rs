@@ -47,19 +47,22 @@ pub struct LeasedHours {
     pub hours: f64,
 }
 
+/// The leases that ended are added up as they end (`leased_hours_daily`, kept by a trigger);
+/// those still running are added up here, up to now.
 pub async fn leased_hours_by_day(conn: &mut AsyncPgConnection, days: i32) -> diesel::QueryResult<Vec<LeasedHours>> {
     diesel::sql_query(
-        "WITH days AS (
-             SELECT generate_series(date_trunc('day', now() AT TIME ZONE 'UTC') - make_interval(days => $1 - 1),
-                                    date_trunc('day', now() AT TIME ZONE 'UTC'), interval '1 day') AT TIME ZONE 'UTC' AS day),
-         recent AS (
-             SELECT arch, granted_at, coalesce(ended_at, now()) AS until FROM leases
-             WHERE granted_at IS NOT NULL
-               AND (ended_at IS NULL OR ended_at > (SELECT min(day) FROM days)))
-         SELECT (d.day AT TIME ZONE 'UTC')::date AS day, r.arch,
-                sum(extract(epoch FROM least(r.until, d.day + interval '1 day') - greatest(r.granted_at, d.day)))::float8
-                    / 3600.0 AS hours
-         FROM days d JOIN recent r ON r.granted_at < d.day + interval '1 day' AND r.until > d.day
+        "WITH span AS (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') - make_interval(days => $1 - 1) AS first,
+                              now() AT TIME ZONE 'UTC' AS last)
+         SELECT day, arch, sum(hours)::float8 AS hours FROM (
+             SELECT day, arch, hours FROM leased_hours_daily WHERE day >= (SELECT first::date FROM span)
+             UNION ALL
+             SELECT d::date, l.arch,
+                    extract(epoch FROM least(span.last, d + interval '1 day') - greatest(l.g, d))::float8 / 3600.0
+             FROM span,
+                  (SELECT arch, granted_at AT TIME ZONE 'UTC' AS g FROM leases
+                   WHERE state = 'granted' AND granted_at IS NOT NULL AND ended_at IS NULL) l,
+                  generate_series(date_trunc('day', greatest(l.g, span.first)), span.last, interval '1 day') AS d
+             WHERE least(span.last, d + interval '1 day') > greatest(l.g, d)) x
          GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .bind::<diesel::sql_types::Integer, _>(days)

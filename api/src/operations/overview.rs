@@ -251,7 +251,11 @@ fn pools_and_days<'a>(
                     let span = if day == today { hours_today.max(1.0 / 60.0) } else { 24.0 };
                     let capacity = pool as f64 * span;
                     let share = if capacity > 0.0 { leased_hours / capacity } else { 0.0 };
-                    DayUtilisation { day, leased_hours: round2(leased_hours), share: (share * 1000.0).round() / 1000.0 }
+                    DayUtilisation {
+                        day,
+                        leased_hours: (leased_hours * 10_000.0).round() / 10_000.0,
+                        share: (share * 1000.0).round() / 1000.0,
+                    }
                 })
                 .collect();
             ArchUtilisation { arch: arch.to_owned(), pool, days }

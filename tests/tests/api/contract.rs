@@ -104,7 +104,8 @@ async fn schemathesis_finds_the_served_document_true_for_every_role() {
     let seed_file = work.path().join("seed.json");
     std::fs::write(&seed_file, &seeded.stdout).unwrap();
 
-    // One full run (five roles, four phases, every check) takes about 1.5 to 2 minutes here.
+    // One full run (five roles, four phases, every check) takes about 2.5 to 3 minutes here,
+    // and longer when the machine is busy with something else (a release build: 4).
     let ran = run_unchecked(
         Command::new(bin.join("python"))
             .arg(contract_dir().join("schemathesis.py"))
@@ -115,7 +116,7 @@ async fn schemathesis_finds_the_served_document_true_for_every_role() {
             .arg(work.path().join("reports"))
             .arg("--python-bin")
             .arg(&bin),
-        Duration::from_secs(240),
+        Duration::from_secs(420),
         "schemathesis.py",
     )
     .await;

@@ -276,4 +276,17 @@ async fn the_queue_page_says_why_a_lease_waits() {
     let mut zh = Browser::new(&app, "zh-CN");
     zh.sign_in(&email).await;
     assert!(zh.get("/ui/queue").await.body.contains("所有合适的机器都在忙"));
+
+    // Utilisation counts the lease that ended (kept by the trigger as it ends) and the one
+    // still running (added up live); a second later each has held the machine a little.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let first = app.get("/api/v1/leases?state=granted", &w.ci).await.expect(200).body["items"][0]["id"].clone();
+    app.post(&format!("/api/v1/leases/{}/release", first.as_str().unwrap()), &w.ci, json!({})).await.expect(200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let overview = app.get("/api/v1/overview", &w.admin).await.expect(200).body;
+    let riscv = overview["utilisation"].as_array().unwrap().iter().find(|a| a["arch"] == "riscv64").unwrap().clone();
+    let today = riscv["days"].as_array().unwrap().last().unwrap().clone();
+    let hours = today["leased_hours"].as_f64().unwrap();
+    assert!(hours >= 0.0004 && hours < 0.01, "two leases of a second or two each: {today}");
+    assert_eq!(riscv["days"].as_array().unwrap().len(), 30);
 }

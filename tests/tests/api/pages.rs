@@ -287,6 +287,6 @@ async fn the_queue_page_says_why_a_lease_waits() {
     let riscv = overview["utilisation"].as_array().unwrap().iter().find(|a| a["arch"] == "riscv64").unwrap().clone();
     let today = riscv["days"].as_array().unwrap().last().unwrap().clone();
     let hours = today["leased_hours"].as_f64().unwrap();
-    assert!(hours >= 0.0004 && hours < 0.01, "two leases of a second or two each: {today}");
+    assert!((0.0004..0.01).contains(&hours), "two leases of a second or two each: {today}");
     assert_eq!(riscv["days"].as_array().unwrap().len(), 30);
 }

@@ -117,9 +117,11 @@ impl FromRequest for Viewer {
     }
 }
 
-/// The browser says the request came from another site (a form posted from elsewhere).
+/// A request that would change something and that the browser says came from another site (a
+/// form posted from elsewhere). Following a link from elsewhere (a GET) is fine.
 fn is_cross_site(req: &HttpRequest) -> bool {
-    req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site")
+    let reads = matches!(*req.method(), actix_web::http::Method::GET | actix_web::http::Method::HEAD);
+    !reads && req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site")
 }
 
 fn csrf_token(state: &AppState, session: &str) -> String {

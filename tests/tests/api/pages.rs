@@ -189,6 +189,19 @@ async fn a_donor_registers_through_the_form_sees_its_mistake_next_to_the_field_a
     let shown = donor.get(&page).await;
     assert!(shown.body.contains("PLUM-UI-1") && shown.body.contains("rv-ui-1"));
 
+    // A link from another site opens the page; a form posted from another site is refused,
+    // token or not.
+    let from_elsewhere = donor.client.get(format!("{}{page}", donor.base)).header("sec-fetch-site", "cross-site");
+    assert_eq!(donor.send(from_elsewhere).await.status, 200);
+    let token = donor.get(&page).await.csrf();
+    let posted = donor
+        .client
+        .post(format!("{}{page}/act", donor.base))
+        .header("sec-fetch-site", "cross-site")
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(serde_html_form::to_string([("_csrf", token.as_str()), ("action", "withdraw")]).unwrap());
+    assert_eq!(donor.send(posted).await.status, 403);
+
     // Without its token the same form is refused, and nothing more is written.
     let without: Vec<_> = fields
         .iter()

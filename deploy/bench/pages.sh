@@ -53,7 +53,7 @@ pairs=(
   "/ui/machines|/api/v1/machines"
   "/ui/machines?arch=riscv64&health=healthy&sort=hostname|/api/v1/machines?arch=riscv64&health=healthy&sort=hostname"
   "/ui/machines?q=bench-riscv64-0999|/api/v1/machines?q=bench-riscv64-0999"
-  "/ui/queue|/api/v1/overview"
+  "/ui/queue|/api/v1/queue"
 )
 results=$work/results.txt
 : >"$results"

@@ -175,6 +175,10 @@ pub fn ok(page: &impl Template) -> HttpResponse {
     render(StatusCode::OK, page)
 }
 
+/// What a query value must escape: all but RFC 3986's unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Why a page could not be shown.
 #[derive(Debug)]
 pub enum UiError {
@@ -214,11 +218,7 @@ impl UiError {
         let tr = &ui.tr;
         let (status, title, message) = match self {
             UiError::SignIn { next } => {
-                let to = format!(
-                    "{}?next={}",
-                    urls::LOGIN,
-                    percent_encoding::utf8_percent_encode(next, percent_encoding::NON_ALPHANUMERIC)
-                );
+                let to = format!("{}?next={}", urls::LOGIN, percent_encoding::utf8_percent_encode(next, QUERY_VALUE));
                 return redirect(&to);
             }
             UiError::Csrf => (StatusCode::FORBIDDEN, tr.t("error-csrf-title"), tr.t("error-csrf")),

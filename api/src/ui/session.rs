@@ -98,18 +98,31 @@ impl FromRequest for Viewer {
         let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
         let ui = Ui::of(req);
         let cross_site = is_cross_site(req);
+        // After signing in, back to the page: the one asked for, or for a form whose session
+        // had ended, the page it was on (a form's own address answers only posts).
+        let next = match *req.method() {
+            actix_web::http::Method::GET => ui.path.clone(),
+            _ => req
+                .headers()
+                .get(actix_web::http::header::REFERER)
+                .and_then(|r| r.to_str().ok())
+                .and_then(|r| r.parse::<actix_web::http::Uri>().ok())
+                .and_then(|uri| uri.path_and_query().map(|p| p.as_str().to_owned()))
+                .map(|path| safe_next(Some(&path)).to_owned())
+                .unwrap_or_else(|| urls::HOME.to_owned()),
+        };
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| UiError::Api(crate::error::ApiError::internal(anyhow::anyhow!("no state"))))?;
             if cross_site {
                 return Err(UiError::Csrf);
             }
-            let Some(token) = token else { return Err(UiError::SignIn { next: ui.path }) };
-            let Ok(claims) = state.tokens.verify(&token) else { return Err(UiError::SignIn { next: ui.path }) };
+            let Some(token) = token else { return Err(UiError::SignIn { next }) };
+            let Ok(claims) = state.tokens.verify(&token) else { return Err(UiError::SignIn { next }) };
             let mut conn = state.db().await.map_err(UiError::Api)?;
             let principal = match auth::resolve(&mut conn, &claims).await {
                 Ok(principal @ (Principal::Admin { .. } | Principal::Donor { .. })) => principal,
-                _ => return Err(UiError::SignIn { next: ui.path }),
+                _ => return Err(UiError::SignIn { next }),
             };
             let csrf = csrf_token(&state, &token);
             Ok(Viewer { principal, csrf, ui })

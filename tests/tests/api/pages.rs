@@ -265,10 +265,24 @@ async fn ops_approve_a_donation_find_its_machine_and_export_the_list() {
     assert!(lines.next().unwrap().starts_with("id,hostname,asset_tag,arch"));
     assert!(lines.any(|l| l.contains("RV-OPS-1") && l.contains("riscv64")));
 
-    // Signing out ends the session everywhere, the API's bearer tokens of that user included.
+    // Signing out ends the session everywhere: a browser that kept the cookie is sent to sign
+    // in again, and a form it posts is not carried out (back to its page after signing in).
+    let kept = ops.cookies.clone();
     let token = ops.get("/ui/dashboard").await.csrf();
     assert_eq!(ops.post("/ui/logout", &[("_csrf", &token)]).await.location.as_deref(), Some("/ui/login"));
     assert_eq!(ops.get("/ui/dashboard").await.status, 303);
+    ops.cookies = kept;
+    let stale = ops.get("/ui/dashboard").await;
+    assert_eq!(stale.location.as_deref(), Some("/ui/login?next=%2Fui%2Fdashboard"));
+    let posted = ops
+        .client
+        .post(format!("{}/ui/donations/{id}/act", ops.base))
+        .header("referer", format!("{}/ui/donations/{id}", ops.base))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(serde_html_form::to_string([("_csrf", token.as_str()), ("action", "return")]).unwrap());
+    let refused = ops.send(posted).await;
+    assert_eq!(refused.status, 303);
+    assert_eq!(refused.location, Some(format!("/ui/login?next=%2Fui%2Fdonations%2F{id}")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,13 @@ try {
       at = next;
     }
   });
+  await step('Enter in a field sends the form (it does not add a machine row)', async () => {
+    await donor.goto(`${base}/ui/donations/new`);
+    await donor.fill('#agreement_ref', 'PLUM-ENTER');
+    await Promise.all([donor.waitForLoadState('load'), donor.press('#agreement_ref', 'Enter')]);
+    expect(await donor.locator('#form-errors').isVisible(), 'Enter did not send the form');
+    expect((await donor.locator('#m1-hostname').count()) === 0, 'Enter added a machine row instead');
+  });
   let donationUrl;
   await step('a mistake is refused with the error next to the field, and what was typed is kept', async () => {
     await donor.goto(`${base}/ui/donations/new`);

@@ -225,7 +225,6 @@ status-rejected = rejected
 status-paused = paused
 status-withdrawn = withdrawn
 status-returned = returned
-action-approve-word = approve
 purpose-build = builds
 purpose-ci = CI
 purpose-test = tests

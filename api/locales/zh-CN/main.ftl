@@ -219,7 +219,6 @@ status-rejected = 已拒绝
 status-paused = 已暂停
 status-withdrawn = 已撤回
 status-returned = 已归还
-action-approve-word = 批准
 purpose-build = 构建
 purpose-ci = CI
 purpose-test = 测试

@@ -83,7 +83,7 @@ impl Viewer {
     }
 
     /// Refuses a form whose `_csrf` is not this session's (before anything else is read).
-    pub fn check_csrf(&self, form: &[(String, String)]) -> Result<(), UiError> {
+    fn check_csrf(&self, form: &[(String, String)]) -> Result<(), UiError> {
         let sent = form.iter().find(|(k, _)| k == "_csrf").map(|(_, v)| v.as_bytes());
         if sent.is_some_and(|sent| constant_time_eq(sent, self.csrf.as_bytes())) { Ok(()) } else { Err(UiError::Csrf) }
     }
@@ -262,7 +262,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
 /// `POST /ui/logout`: ends every session of the user (as the API's logout does).
 pub async fn logout(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let ended = async {
-        viewer.check_csrf(&form_pairs(&body)?)?;
+        viewer.form(&body)?;
         sessions::log_out(&state, &viewer.principal).await?;
         let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, urls::LOGIN)).finish();
         let _ = response.add_removal_cookie(&cookie(&req, SESSION_COOKIE, String::new(), None));

@@ -116,6 +116,26 @@ pub struct CloudOverview {
     pub spend_by_tenant: BTreeMap<String, f64>,
 }
 
+impl From<db::overview::QueueLine> for QueueByArch {
+    fn from(q: db::overview::QueueLine) -> Self {
+        QueueByArch {
+            arch: q.arch,
+            waiting: q.waiting,
+            longest_wait_secs: q.longest_wait_secs,
+            granted_last_day: q.granted_last_day,
+            mean_wait_secs: q.mean_wait_secs,
+            p95_wait_secs: q.p95_wait_secs,
+        }
+    }
+}
+
+/// The lease queue per architecture alone (the queue page), as the overview counts it. Ops.
+pub async fn queue_by_arch(state: &AppState, caller: &Principal) -> Result<Vec<QueueByArch>, ApiError> {
+    caller.require_admin()?;
+    let mut conn = state.db().await?;
+    Ok(db::overview::queue_by_arch(&mut conn).await?.into_iter().map(QueueByArch::from).collect())
+}
+
 /// The fleet at a glance. Ops only.
 pub async fn fleet_overview(state: &AppState, caller: &Principal) -> Result<FleetOverview, ApiError> {
     caller.require_admin()?;
@@ -186,17 +206,7 @@ pub async fn fleet_overview(state: &AppState, caller: &Principal) -> Result<Flee
         },
         awaiting_review: listed(review),
         ending_soon: listed(ending),
-        queue: queue
-            .into_iter()
-            .map(|q| QueueByArch {
-                arch: q.arch,
-                waiting: q.waiting,
-                longest_wait_secs: q.longest_wait_secs,
-                granted_last_day: q.granted_last_day,
-                mean_wait_secs: q.mean_wait_secs,
-                p95_wait_secs: q.p95_wait_secs,
-            })
-            .collect(),
+        queue: queue.into_iter().map(QueueByArch::from).collect(),
         clouds: CloudOverview {
             currency: state.config.clouds.currency.clone(),
             running: running.into_iter().map(|r| (r.provider, r.instances)).collect(),

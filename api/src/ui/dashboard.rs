@@ -10,7 +10,7 @@ use crate::operations::leases::{self, WaitingLease};
 
 /// How many waiting leases the queue page lists (the oldest).
 const QUEUE_ROWS: i64 = 100;
-use crate::operations::overview::{self, FleetOverview};
+use crate::operations::overview::{self, FleetOverview, QueueByArch};
 use crate::state::AppState;
 
 #[derive(Template)]
@@ -79,7 +79,7 @@ pub async fn page(state: web::Data<AppState>, viewer: Viewer) -> HttpResponse {
 #[template(path = "queue.html")]
 struct QueuePage {
     c: Chrome,
-    o: FleetOverview,
+    queue: Vec<QueueByArch>,
     /// The oldest waiting leases, each with why it waits.
     waiting: Vec<WaitingLease>,
 }
@@ -87,12 +87,12 @@ struct QueuePage {
 /// `GET /ui/queue` (ops): what waits, per architecture, and how long leases waited.
 pub async fn queue(state: web::Data<AppState>, viewer: Viewer) -> HttpResponse {
     let shown = async {
-        let o = overview::fleet_overview(&state, &viewer.principal).await?;
+        let queue = overview::queue_by_arch(&state, &viewer.principal).await?;
         let mut waiting = leases::waiting(&state, &viewer.principal, QUEUE_ROWS).await?;
         waiting.sort_by_key(|w| {
             (w.lease.requirements.arch.to_string(), w.lease.queue.as_ref().map_or(i64::MAX, |q| q.position))
         });
-        Ok(ok(&QueuePage { c: Chrome::new(&viewer, "queue"), o, waiting }))
+        Ok(ok(&QueuePage { c: Chrome::new(&viewer, "queue"), queue, waiting }))
     };
     answer(&viewer.ui, shown.await)
 }

@@ -26,9 +26,12 @@ pub fn non_empty(pairs: Vec<(String, String)>) -> String {
     serde_html_form::to_string(&kept).unwrap_or_default()
 }
 
+/// The list's query; labels may be typed as `key=value key=value` in one field.
 fn list_query(req: &HttpRequest) -> Result<MachineListQuery, UiError> {
     let pairs: Vec<(String, String)> = serde_html_form::from_str(req.query_string()).map_err(|_| UiError::BadForm)?;
-    crate::extract::parse_query(&non_empty(pairs)).map_err(UiError::Api)
+    let mut query: MachineListQuery = crate::extract::parse_query(&non_empty(pairs)).map_err(UiError::Api)?;
+    query.label = query.label.iter().flat_map(|l| l.split_whitespace().map(str::to_owned)).collect();
+    Ok(query)
 }
 
 #[derive(Template)]
@@ -85,9 +88,7 @@ impl ListPage {
 /// `GET /ui/machines`
 pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) -> HttpResponse {
     let shown = async {
-        let mut query = list_query(&req)?;
-        // Labels are typed as `key=value key=value` in one field.
-        query.label = query.label.iter().flat_map(|l| l.split_whitespace().map(str::to_owned)).collect();
+        let query = list_query(&req)?;
         let (page, error) = match inventory::list_machines(&state, &viewer.principal, query.clone()).await {
             Ok(page) => (page, None),
             Err(e) if e.status().is_client_error() => {
@@ -134,7 +135,6 @@ const CSV_MAX_ROWS: usize = 50_000;
 pub async fn csv(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) -> HttpResponse {
     let made = async {
         let mut query = list_query(&req)?;
-        query.label = query.label.iter().flat_map(|l| l.split_whitespace().map(str::to_owned)).collect();
         query.limit = Some(200);
         let mut out = csv::Writer::from_writer(Vec::new());
         let write = |out: &mut csv::Writer<Vec<u8>>, row: &[String]| {

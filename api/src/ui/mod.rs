@@ -285,28 +285,19 @@ impl Refused {
 
     /// `error`, if the page should show it again (a 4xx but 404), or back as an error page.
     pub fn of(error: ApiError) -> Result<Refused, UiError> {
-        if error.status().is_client_error() && error.status() != StatusCode::NOT_FOUND {
-            Ok(Refused {
-                status: Some(error.status()),
-                message: Some(error.message().to_owned()),
-                fields: error.field_errors(),
-            })
-        } else {
-            Err(error.into())
-        }
+        if error.status() == StatusCode::NOT_FOUND { Err(error.into()) } else { Refused::of_form(error) }
     }
 
     /// `error` shown again on a form: any 4xx (a form's 404 names something typed in it).
     pub fn of_form(error: ApiError) -> Result<Refused, UiError> {
-        if error.status().is_client_error() {
-            Ok(Refused {
-                status: Some(error.status()),
-                message: Some(error.message().to_owned()),
-                fields: error.field_errors(),
-            })
-        } else {
-            Err(error.into())
+        if !error.status().is_client_error() {
+            return Err(error.into());
         }
+        Ok(Refused {
+            status: Some(error.status()),
+            message: Some(error.message().to_owned()),
+            fields: error.field_errors(),
+        })
     }
 
     /// The problem with `field`, if the refusal names it.

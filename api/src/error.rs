@@ -10,26 +10,24 @@
 //!   and the client learns nothing of the internals. A 503 says "not now" (database
 //!   unreachable, heartbeat backlog) and is expected under stress.
 
-use std::borrow::Cow;
-
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use crate::domain::{FieldErrors, donation::InvalidAction, lifecycle::InvalidTransition};
+use crate::domain::{FieldError, FieldErrors, Problem, donation::InvalidAction, lifecycle::InvalidTransition};
+use crate::error_code::ErrorCode;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable, kebab-case error code, e.g. `validation-failed`, `machine-not-found`.
-    #[schema(example = "validation-failed")]
-    pub code: String,
+    pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
     /// Structured facts about the error; for `validation-failed`, `{"errors": [{"field",
-    /// "problem"}]}`.
+    /// "code", "args", "problem"}]}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
 }
@@ -37,17 +35,27 @@ pub struct ErrorBody {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: Cow<'static, str>,
+    code: ErrorCode,
     message: String,
     details: Option<Value>,
     /// Seconds to send as `Retry-After` (429 and 503).
     retry_after: Option<u64>,
+    /// The fields a validation error names (also in `details`).
+    fields: FieldErrors,
     cause: Option<anyhow::Error>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into(), details: None, retry_after: None, cause: None }
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+            fields: FieldErrors::new(),
+            cause: None,
+        }
     }
 
     /// The same answer for another caller, without the cause (which is logged once, here).
@@ -57,26 +65,27 @@ impl ApiError {
         }
         Self {
             status: self.status,
-            code: self.code.clone(),
+            code: self.code,
             message: self.message.clone(),
             details: self.details.clone(),
             retry_after: self.retry_after,
+            fields: self.fields.clone(),
             cause: None,
         }
     }
 
     /// 422 with its own code: the request is well-formed but cannot be met.
-    pub fn unprocessable(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
     /// 503: try again shortly.
-    pub fn unavailable(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
     /// 429: this caller has asked too much; `Retry-After` says when to try again.
-    pub fn too_many(code: impl Into<Cow<'static, str>>, message: impl Into<String>, retry_after_secs: u64) -> Self {
+    pub fn too_many(code: ErrorCode, message: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(retry_after_secs)
     }
 
@@ -95,30 +104,38 @@ impl ApiError {
     pub fn validation(errors: FieldErrors) -> Self {
         let message =
             errors.as_slice().iter().map(|e| format!("{}: {}", e.field, e.problem)).collect::<Vec<_>>().join("; ");
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", message)
-            .with_details(json!({ "errors": errors.as_slice() }))
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, message).with_field_errors(errors)
+    }
+
+    /// Names the fields at fault: `details` becomes `{"errors": [...]}`, and the pages show
+    /// each problem next to its field.
+    pub fn with_field_errors(mut self, errors: FieldErrors) -> Self {
+        self.details = Some(json!({ "errors": errors.as_slice() }));
+        self.fields = errors;
+        self
     }
 
     /// 422 for a single field.
-    pub fn invalid_field(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn invalid_field(field: impl Into<String>, problem: Problem) -> Self {
         Self::validation(FieldErrors::one(field, problem))
     }
 
-    /// 404, with code `<entity>-not-found`. Also what a donor gets for another donor's data:
-    /// its existence is not theirs to learn.
-    pub fn not_found(entity: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("{entity}-not-found"), format!("{entity} not found"))
+    /// 404 with an `<entity>-not-found` code, e.g. `machine-not-found` ("machine not found").
+    /// Also what a donor gets for another donor's data: its existence is not theirs to learn.
+    pub fn not_found(code: ErrorCode) -> Self {
+        let entity = code.as_str().strip_suffix("-not-found").unwrap_or("resource").replace('-', " ");
+        Self::new(StatusCode::NOT_FOUND, code, format!("{entity} not found"))
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
-    pub fn conflict(code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
@@ -128,14 +145,14 @@ impl ApiError {
             cause: Some(cause.into()),
             ..Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal-error",
+                ErrorCode::InternalError,
                 "an unexpected error occurred; it has been logged",
             )
         }
     }
 
-    pub fn code(&self) -> &str {
-        &self.code
+    pub fn code(&self) -> ErrorCode {
+        self.code
     }
 
     pub fn status(&self) -> StatusCode {
@@ -147,15 +164,15 @@ impl ApiError {
         &self.message
     }
 
-    /// The fields a validation error names, with their problems (the web pages show each
-    /// next to its field).
-    pub fn field_errors(&self) -> Vec<(String, String)> {
-        let errors = self.details.as_ref().and_then(|d| d.get("errors")).and_then(|e| e.as_array());
-        errors
-            .into_iter()
-            .flatten()
-            .filter_map(|e| Some((e.get("field")?.as_str()?.to_owned(), e.get("problem")?.as_str()?.to_owned())))
-            .collect()
+    /// The fields a refusal names, with their problems (the web pages show each next to its
+    /// field, in the viewer's language).
+    pub fn field_errors(&self) -> &[FieldError] {
+        self.fields.as_slice()
+    }
+
+    /// Structured facts about the error (the `details` of the body).
+    pub fn details(&self) -> Option<&Value> {
+        self.details.as_ref()
     }
 }
 
@@ -183,11 +200,7 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
-        response.json(ErrorBody {
-            code: self.code.to_string(),
-            message: self.message.clone(),
-            details: self.details.clone(),
-        })
+        response.json(ErrorBody { code: self.code, message: self.message.clone(), details: self.details.clone() })
     }
 }
 
@@ -208,7 +221,7 @@ impl From<crate::db::PoolError> for ApiError {
         tracing::error!("database pool: {error}");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "database-unavailable",
+            ErrorCode::DatabaseUnavailable,
             "the database is unavailable; try again shortly",
         )
     }
@@ -216,14 +229,14 @@ impl From<crate::db::PoolError> for ApiError {
 
 impl From<InvalidTransition> for ApiError {
     fn from(e: InvalidTransition) -> Self {
-        Self::conflict("invalid-transition", e.to_string())
+        Self::conflict(ErrorCode::InvalidTransition, e.to_string())
             .with_details(json!({ "from": e.from, "to": e.to, "allowed": e.allowed }))
     }
 }
 
 impl From<InvalidAction> for ApiError {
     fn from(e: InvalidAction) -> Self {
-        Self::conflict("invalid-action", e.to_string()).with_details(json!({
+        Self::conflict(ErrorCode::InvalidAction, e.to_string()).with_details(json!({
             "action": e.action, "status": e.status, "model": e.model, "allowed": e.allowed,
         }))
     }

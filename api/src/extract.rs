@@ -12,7 +12,9 @@ use futures_util::future::{Either, LocalBoxFuture, Map, Ready, ready};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::domain::Problem;
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// A JSON request body, deserialised with the path of any error recorded.
 #[derive(Debug)]
@@ -88,7 +90,7 @@ fn refuse_non_object(bytes: &[u8]) -> Result<(), ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') | None => Ok(()),
         Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() => Ok(()),
-        Some(_) => Err(ApiError::invalid_field("body", "must be a JSON object")),
+        Some(_) => Err(ApiError::invalid_field("body", Problem::NotAJsonObject)),
     }
 }
 
@@ -121,7 +123,7 @@ impl FromRequest for JsonBody {
         if !is_json {
             return Either::Left(ready(Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
+                ErrorCode::UnsupportedMediaType,
                 "send the request body as JSON with `Content-Type: application/json`",
             ))));
         }
@@ -133,10 +135,10 @@ fn read_body(body: Result<web::Bytes, actix_web::Error>) -> Result<JsonBody, Api
     body.map(JsonBody).map_err(|error| match error.as_error::<PayloadError>() {
         Some(PayloadError::Overflow) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
+            ErrorCode::BodyTooLarge,
             "the request body is larger than this server accepts",
         ),
-        _ => ApiError::new(StatusCode::BAD_REQUEST, "unreadable-body", error.to_string()),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::UnreadableBody, error.to_string()),
     })
 }
 
@@ -160,7 +162,7 @@ fn refuse_nul_in_json(bytes: &[u8]) -> Result<(), ApiError> {
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return Ok(()) };
     match field_with_nul(&value, String::new()) {
-        Some(field) => Err(ApiError::invalid_field(field, "must not contain the NUL character (\\u0000)")),
+        Some(field) => Err(ApiError::invalid_field(field, Problem::Nul)),
         None => Ok(()),
     }
 }
@@ -210,7 +212,11 @@ pub fn parse_json_at<T: DeserializeOwned>(bytes: &[u8], field: &str) -> Result<T
 
 fn explain_json_error<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     let malformed = |inner: &serde_json::Error| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed-json", format!("the request body is not valid JSON: {inner}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedJson,
+            format!("the request body is not valid JSON: {inner}"),
+        )
     };
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -223,7 +229,7 @@ fn explain_json_error<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiE
             }
             serde_json::error::Category::Eof if bytes.iter().all(u8::is_ascii_whitespace) => ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "malformed-json",
+                ErrorCode::MalformedJson,
                 "the request body is empty; expected a JSON object",
             ),
             _ => malformed(&inner),
@@ -256,7 +262,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Query<T> {
 /// A query string (or a form body) deserialised as [`Query`] does, naming any bad parameter.
 pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     if let Some(field) = query_param_with_nul(query) {
-        return Err(ApiError::invalid_field(field, "must not contain the NUL character (%00)"));
+        return Err(ApiError::invalid_field(field, Problem::Nul));
     }
     let deserializer = serde_html_form::Deserializer::from_bytes(query.as_bytes());
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
@@ -276,7 +282,7 @@ fn strip_position(error: &serde_json::Error) -> String {
 
 /// serde reports a missing or unknown field at its parent's path; move the field name into
 /// the path so the client sees `machines[0].arch: is required`.
-fn field_and_problem(path: &str, message: &str) -> (String, String) {
+fn field_and_problem(path: &str, message: &str) -> (String, Problem) {
     // An unknown field's own key is already the last segment of the path; a missing one's is not.
     let join = |name: &str| {
         if path == "." || path.is_empty() {
@@ -287,19 +293,13 @@ fn field_and_problem(path: &str, message: &str) -> (String, String) {
             format!("{path}.{name}")
         }
     };
-    if let Some(name) = backticked_after(message, "missing field ") {
-        return (join(name), "is required".into());
-    }
-    if let Some(name) = backticked_after(message, "unknown field ") {
-        let expected = message.split_once(", expected ").map(|(_, rest)| rest);
-        let problem = match expected {
-            Some(expected) => format!("is not a known field (expected {expected})"),
-            None => "is not a known field".into(),
-        };
+    let problem = Problem::from_serde(message);
+    let name = backticked_after(message, "missing field ").or_else(|| backticked_after(message, "unknown field "));
+    if let Some(name) = name {
         return (join(name), problem);
     }
     let field = if path == "." || path.is_empty() { "body".to_owned() } else { path.to_owned() };
-    (field, message.to_owned())
+    (field, problem)
 }
 
 fn backticked_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
@@ -336,7 +336,7 @@ mod tests {
     fn errors_name_the_field_they_are_about() {
         let (status, text) = problem(r#"{"items": [{"size": 1, "arch": "sparc"}]}"#);
         assert_eq!(status, 422);
-        assert!(text.starts_with("validation-failed: items[0].arch: unknown variant `sparc`"), "{text}");
+        assert!(text.starts_with("validation-failed: items[0].arch: `sparc` is not one of `x86_64`"), "{text}");
 
         let (_, text) = problem(r#"{"items": [{"size": 1}]}"#);
         assert_eq!(text, "validation-failed: items[0].arch: is required");
@@ -345,7 +345,7 @@ mod tests {
         assert!(text.starts_with("validation-failed: items[0].colour: is not a known field"), "{text}");
 
         let (_, text) = problem(r#"{"items": [{"size": -1, "arch": "riscv64"}]}"#);
-        assert!(text.starts_with("validation-failed: items[0].size: invalid value: integer `-1`"), "{text}");
+        assert_eq!(text, "validation-failed: items[0].size: must be between 0 and 4294967295");
     }
 
     #[test]

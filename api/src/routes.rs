@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::{AppExt, scope, service_config::ServiceConfig};
 
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::handlers::{
     agent, audit, auth, clouds, donations, donors, jobs, leases, machines, overview, service_tokens, sites, system,
     users, webhooks,
@@ -23,7 +24,7 @@ use crate::handlers::{
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(ErrorBody, crate::domain::FieldError)),
+    components(schemas(ErrorBody, crate::domain::validation::FieldErrorBody)),
     tags(
         (name = "auth", description = "Logging in and asking who you are"),
         (name = "donations", description = "The donation form, review and donation-level actions"),
@@ -232,7 +233,7 @@ pub async fn route_not_found(req: actix_web::HttpRequest) -> HttpResponse {
     }
     let mut response = actix_web::ResponseError::error_response(&ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{} does not answer {}; it answers {}", req.path(), req.method(), allowed.join(", ")),
     ));
     if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed.join(", ")) {
@@ -245,7 +246,7 @@ pub async fn route_not_found(req: actix_web::HttpRequest) -> HttpResponse {
 pub fn no_such_route() -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::new(
         StatusCode::NOT_FOUND,
-        "route-not-found",
+        ErrorCode::RouteNotFound,
         "no such endpoint; the API is described at /api/openapi.json",
     ))
 }

@@ -34,7 +34,7 @@ pub fn build_app(
         .app_data(web::PayloadConfig::new(body_limit))
         .app_data(web::PathConfig::default().error_handler(|error, _| {
             let _ = error;
-            ApiError::invalid_field("id", "is not valid here: ids are UUIDs, names as the document lists them").into()
+            ApiError::invalid_field("id", crate::domain::Problem::NotAPathValue).into()
         }))
         .configure(routes::configure)
         .split_for_parts();

@@ -132,6 +132,9 @@ impl From<Machine> for MachineView {
 pub struct DonationView {
     pub id: DonationId,
     pub donor_id: DonorId,
+    /// The donor's name (in the donation list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub donor_name: Option<String>,
     /// Where the machines live: the donor's site (usage right) or the foundation's lab.
     pub site_id: SiteId,
     pub model: DonationModel,
@@ -157,6 +160,7 @@ impl From<Donation> for DonationView {
         Self {
             id: d.id,
             donor_id: d.donor_id,
+            donor_name: None,
             site_id: d.site_id,
             model: d.model,
             status: d.status,

@@ -222,6 +222,24 @@ pub async fn waited_for_by(conn: &mut AsyncPgConnection, lease: LeaseId) -> Quer
         .optional()
 }
 
+/// [`waited_for_by`] for many leases: each one's newest instance.
+pub async fn waited_for_by_each(
+    conn: &mut AsyncPgConnection,
+    leases: &[LeaseId],
+) -> QueryResult<std::collections::HashMap<LeaseId, CloudInstance>> {
+    if leases.is_empty() {
+        return Ok(Default::default());
+    }
+    let found: Vec<CloudInstance> = cloud_instances::table
+        .filter(cloud_instances::lease_id.eq_any(leases))
+        .distinct_on(cloud_instances::lease_id)
+        .order((cloud_instances::lease_id, cloud_instances::id.desc()))
+        .select(CloudInstance::as_select())
+        .load(conn)
+        .await?;
+    Ok(found.into_iter().filter_map(|i| Some((i.lease_id?, i))).collect())
+}
+
 /// Whose listing; all when `None`.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {

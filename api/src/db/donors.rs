@@ -1,5 +1,7 @@
 //! Donor organisations.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -54,6 +56,13 @@ pub async fn insert(conn: &mut AsyncPgConnection, donor: &NewDonor<'_>) -> Query
 
 pub async fn find(conn: &mut AsyncPgConnection, id: DonorId) -> QueryResult<Option<Donor>> {
     donors::table.find(id).select(Donor::as_select()).first(conn).await.optional()
+}
+
+/// The names of these donors.
+pub async fn names(conn: &mut AsyncPgConnection, ids: &[DonorId]) -> QueryResult<HashMap<DonorId, String>> {
+    let rows: Vec<(DonorId, String)> =
+        donors::table.filter(donors::id.eq_any(ids)).select((donors::id, donors::name)).load(conn).await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Donors in creation order; `only` restricts the list to one donor.

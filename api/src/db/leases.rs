@@ -579,6 +579,45 @@ pub async fn queue_standing(conn: &mut AsyncPgConnection, lease: &Lease) -> Quer
     Ok((ahead, ends.into_iter().flatten().collect()))
 }
 
+/// [`queue_standing`] for many queued leases in one query: for each, how many leases of its
+/// architecture are ahead of it, and when the granted lease that many ends from now ends
+/// (its estimated start).
+pub async fn queue_standings(
+    conn: &mut AsyncPgConnection,
+    ids: &[LeaseId],
+) -> QueryResult<HashMap<LeaseId, (i64, Option<DateTime<Utc>>)>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        ahead: i64,
+        #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+        estimated_start_at: Option<DateTime<Utc>>,
+    }
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Ahead of a lease: every other queued lease of its architecture with a higher priority, or
+    // the same priority and queued no later (a RANGE frame counts those peers).
+    let rows: Vec<Row> = diesel::sql_query(
+        "WITH ranked AS ( \
+           SELECT id, arch, count(*) OVER (PARTITION BY arch ORDER BY priority DESC, queued_at ASC \
+             RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - 1 AS ahead \
+           FROM leases WHERE state = 'queued'), \
+         ends AS ( \
+           SELECT arch, expires_at, row_number() OVER (PARTITION BY arch ORDER BY expires_at) - 1 AS n \
+           FROM leases WHERE state = 'granted' AND expires_at IS NOT NULL) \
+         SELECT r.id, r.ahead, e.expires_at AS estimated_start_at \
+         FROM ranked r LEFT JOIN ends e ON e.arch = r.arch AND e.n = r.ahead \
+         WHERE r.id = ANY($1)",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids.iter().map(|id| id.0).collect::<Vec<_>>())
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (LeaseId(r.id), (r.ahead, r.estimated_start_at))).collect())
+}
+
 /// The channel work changes are announced on (see `work.rs`).
 const WORK_CHANNEL: &str = "fleetyard_work";
 

@@ -3,6 +3,7 @@
 
 use chrono::NaiveDate;
 
+use super::Problem;
 use super::SiteKind;
 use super::lifecycle::{By, LifecycleState, Requester};
 use super::validation::FieldErrors;
@@ -188,14 +189,14 @@ pub fn check_terms(
     errors: &mut FieldErrors,
 ) {
     match (model, ends_on) {
-        (Loan, None) => errors.add("ends_on", "a loan needs a due date"),
-        (Ownership, Some(_)) => errors.add("ends_on", "an ownership donation has no end date"),
-        (_, Some(end)) if end <= starts_on => errors.add("ends_on", "must be after starts_on"),
+        (Loan, None) => errors.add("ends_on", Problem::LoanNeedsEnd),
+        (Ownership, Some(_)) => errors.add("ends_on", Problem::OwnershipHasNoEnd),
+        (_, Some(end)) if end <= starts_on => errors.add("ends_on", Problem::NotAfter { other: "starts_on".into() }),
         _ => {}
     }
     match (model, has_usage_policy) {
-        (UsageRight, false) => errors.add("usage_policy", "a usage-right donation needs a usage policy"),
-        (Ownership | Loan, true) => errors.add("usage_policy", "only usage-right donations carry a usage policy"),
+        (UsageRight, false) => errors.add("usage_policy", Problem::PolicyNeeded),
+        (Ownership | Loan, true) => errors.add("usage_policy", Problem::PolicyNotAllowed),
         _ => {}
     }
 }

@@ -2,27 +2,24 @@
 //! ask for. Pure rules; the token's row holds the values.
 
 use super::FieldErrors;
+use super::Problem;
 
 /// Whether `tenant` is a well-formed tenant name.
-pub fn check_tenant(value: &str) -> Result<(), &'static str> {
+pub fn check_tenant(value: &str) -> Result<(), Problem> {
     let ok = (1..=64).contains(&value.len())
         && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
         && value.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err("must be 1 to 64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit")
-    }
+    if ok { Ok(()) } else { Err(Problem::NotATenant) }
 }
 
 /// Checks the tenants a token is bound to: each a tenant name, or a prefix ending in `*`
 /// (`sig-*` covers every tenant starting `sig-`; `*` alone covers all of them).
 pub fn check_tenant_patterns(field: &str, patterns: &[String], errors: &mut FieldErrors) {
     if patterns.is_empty() {
-        errors.add(field, "must name at least one tenant (or `*` for any)");
+        errors.add(field, Problem::NoTenant);
     }
     if patterns.len() > 100 {
-        errors.add(field, "must name at most 100 tenants");
+        errors.add(field, Problem::TooMany { max: 100 });
     }
     for (i, pattern) in patterns.iter().enumerate() {
         let ok = match pattern.strip_suffix('*') {
@@ -31,7 +28,7 @@ pub fn check_tenant_patterns(field: &str, patterns: &[String], errors: &mut Fiel
             None => check_tenant(pattern).is_ok(),
         };
         if !ok {
-            errors.add(format!("{field}[{i}]"), "must be a tenant name, or a tenant name's beginning followed by `*`");
+            errors.add(format!("{field}[{i}]"), Problem::NotATenantPattern);
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::Problem;
 use super::validation::{FieldErrors, check_email, check_optional_text, check_text};
 
 text_enum! {
@@ -97,7 +98,7 @@ impl Accelerator {
         check_text(errors, &format!("{field}.kind"), &self.kind, 32);
         check_text(errors, &format!("{field}.model"), &self.model, 128);
         if !(1..=64).contains(&self.count) {
-            errors.add(format!("{field}.count"), "must be between 1 and 64");
+            errors.add(format!("{field}.count"), Problem::Between { min: 1, max: 64 });
         }
     }
 }
@@ -146,25 +147,18 @@ pub const MAX_LABELS: usize = 64;
 
 /// Checks one label key: 1 to 63 characters of `a-z A-Z 0-9 . _ - /`, starting with a letter
 /// or digit (the Kubernetes label-key alphabet, so labels can be mirrored there).
-pub fn check_label_key(key: &str) -> Result<(), &'static str> {
+pub fn check_label_key(key: &str) -> Result<(), Problem> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/');
     match key.chars().next() {
-        None => Err("label key must not be empty"),
-        Some(_) if key.len() > 63 => Err("label key must be at most 63 characters"),
-        Some(first) if !first.is_ascii_alphanumeric() => Err("label key must start with a letter or digit"),
-        Some(_) if !key.chars().all(valid_char) => {
-            Err("label key may only contain letters, digits, '.', '_', '-' and '/'")
-        }
-        Some(_) => Ok(()),
+        Some(first) if key.len() <= 63 && first.is_ascii_alphanumeric() && key.chars().all(valid_char) => Ok(()),
+        _ => Err(Problem::NotALabelKey),
     }
 }
 
 /// Checks one label value: up to 255 characters, no control characters.
-pub fn check_label_value(value: &str) -> Result<(), &'static str> {
-    if value.chars().count() > 255 {
-        Err("label value must be at most 255 characters")
-    } else if value.chars().any(char::is_control) {
-        Err("label value must not contain control characters")
+pub fn check_label_value(value: &str) -> Result<(), Problem> {
+    if value.chars().count() > 255 || value.chars().any(char::is_control) {
+        Err(Problem::NotALabelValue)
     } else {
         Ok(())
     }
@@ -173,7 +167,7 @@ pub fn check_label_value(value: &str) -> Result<(), &'static str> {
 /// Validates a whole label set, reporting each bad key or value under `field.<key>`.
 pub fn validate_labels(field: &str, labels: &Labels, errors: &mut FieldErrors) {
     if labels.len() > MAX_LABELS {
-        errors.add(field, format!("at most {MAX_LABELS} labels are allowed"));
+        errors.add(field, Problem::TooMany { max: MAX_LABELS as u64 });
     }
     for (key, value) in labels {
         if let Err(problem) = check_label_key(key) {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::Problem;
 use super::validation::FieldErrors;
 
 text_enum! {
@@ -64,20 +65,17 @@ pub fn after_lost_attempt(attempts: i32, max_attempts: i32, why: &str) -> Result
 /// Environment variables a job may set: POSIX names, at most 64, values up to 4 KiB.
 pub fn validate_env(field: &str, env: &BTreeMap<String, String>, errors: &mut FieldErrors) {
     if env.len() > 64 {
-        errors.add(field, "at most 64 variables");
+        errors.add(field, Problem::TooMany { max: 64 });
     }
     for (name, value) in env {
         let posix = name.bytes().next().is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
             && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
             && name.len() <= 128;
         if !posix {
-            errors.add(
-                format!("{field}.{name}"),
-                "names are upper-case letters, digits and '_', not starting with a digit",
-            );
+            errors.add(format!("{field}.{name}"), Problem::NotAnEnvName);
         }
         if value.len() > 4096 || value.contains('\0') {
-            errors.add(format!("{field}.{name}"), "values are at most 4096 bytes, without NUL");
+            errors.add(format!("{field}.{name}"), Problem::NotAnEnvValue);
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod job;
 pub mod lease;
 pub mod lifecycle;
 pub mod placement;
+pub mod problem;
 pub mod queue;
 pub mod role;
 pub mod usage_policy;
@@ -31,6 +32,7 @@ pub use inventory::{Accelerator, Arch, CloudProvider, Contact, DonorKind, Health
 pub use job::JobState;
 pub use lease::{HolderKind, LeaseState};
 pub use lifecycle::{LifecycleState, Requester};
+pub use problem::Problem;
 pub use role::{ActorKind, Role};
 pub use usage_policy::UsagePolicy;
 pub use validation::{FieldError, FieldErrors};

@@ -5,6 +5,7 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use utoipa::ToSchema;
 
+use super::Problem;
 use super::validation::{FieldErrors, check_time_zone};
 
 text_enum! {
@@ -128,9 +129,9 @@ impl UsagePolicy {
     pub fn validate(&self, field: &str, errors: &mut FieldErrors) {
         let at = |name: &str| if field.is_empty() { name.to_owned() } else { format!("{field}.{name}") };
         if self.purposes.is_empty() {
-            errors.add(at("purposes"), "must name at least one purpose");
+            errors.add(at("purposes"), Problem::NoneGiven);
         } else if has_duplicates(&self.purposes) {
-            errors.add(at("purposes"), "must not repeat a purpose");
+            errors.add(at("purposes"), Problem::Repeated);
         }
         if let Some(zone) = &self.time_zone
             && let Err(problem) = check_time_zone(zone)
@@ -138,27 +139,27 @@ impl UsagePolicy {
             errors.add(at("time_zone"), problem);
         }
         if self.windows.len() > 28 {
-            errors.add(at("windows"), "at most 28 windows are allowed");
+            errors.add(at("windows"), Problem::TooMany { max: 28 });
         }
         for (i, window) in self.windows.iter().enumerate() {
             let at = at(&format!("windows[{i}]"));
             if window.days.is_empty() {
-                errors.add(format!("{at}.days"), "must name at least one day");
+                errors.add(format!("{at}.days"), Problem::NoneGiven);
             } else if has_duplicates(&window.days) {
-                errors.add(format!("{at}.days"), "must not repeat a day");
+                errors.add(format!("{at}.days"), Problem::Repeated);
             }
             if window.start == ClockTime::END_OF_DAY {
-                errors.add(format!("{at}.start"), "a window cannot open at 24:00; use 00:00");
+                errors.add(format!("{at}.start"), Problem::WindowOpensAtMidnight);
             }
             if window.start == window.end {
-                errors.add(format!("{at}.end"), "must differ from start");
+                errors.add(format!("{at}.end"), Problem::SameAsStart);
             }
         }
         if !(1..=10_000).contains(&self.max_concurrent_leases) {
-            errors.add(at("max_concurrent_leases"), "must be between 1 and 10000");
+            errors.add(at("max_concurrent_leases"), Problem::Between { min: 1, max: 10_000 });
         }
         if !(1..=43_200).contains(&self.max_lease_minutes) {
-            errors.add(at("max_lease_minutes"), "must be between 1 and 43200 (30 days)");
+            errors.add(at("max_lease_minutes"), Problem::Between { min: 1, max: 43_200 });
         }
     }
 

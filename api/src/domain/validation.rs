@@ -6,13 +6,46 @@ use std::net::IpAddr;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::Problem;
+
 /// One problem with one field of a request, e.g. `machines[2].memory_mib`: "must be positive".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     /// Path to the field in the request, in `a.b[0].c` form.
     pub field: String,
-    /// What is wrong with it.
+    pub problem: Problem,
+}
+
+/// How a field's problem is sent: its code and arguments for programs and pages to read, and
+/// the English text for people.
+#[derive(Serialize, ToSchema)]
+#[schema(as = FieldError)]
+pub struct FieldErrorBody<'a> {
+    /// Path to the field in the request, in `a.b[0].c` form.
+    #[schema(example = "machines[0].cpu_cores")]
+    pub field: &'a str,
+    /// The problem's stable code.
+    #[schema(value_type = super::problem::ProblemCode, example = "between")]
+    pub code: &'static str,
+    /// The problem's arguments, e.g. `{"min": 1, "max": 4096}`.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    #[schema(value_type = Option<Object>)]
+    pub args: serde_json::Value,
+    /// What is wrong with it, in English.
+    #[schema(example = "must be between 1 and 4096")]
     pub problem: String,
+}
+
+impl Serialize for FieldError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        FieldErrorBody {
+            field: &self.field,
+            code: self.problem.code(),
+            args: self.problem.args(),
+            problem: self.problem.english(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Every problem found in one request.
@@ -25,14 +58,14 @@ impl FieldErrors {
     }
 
     /// A single problem with a single field.
-    pub fn one(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn one(field: impl Into<String>, problem: Problem) -> Self {
         let mut errors = Self::new();
         errors.add(field, problem);
         errors
     }
 
-    pub fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), problem: problem.into() });
+    pub fn add(&mut self, field: impl Into<String>, problem: Problem) {
+        self.0.push(FieldError { field: field.into(), problem });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -52,11 +85,11 @@ impl FieldErrors {
 /// Requires a non-blank text of at most `max_chars` characters without control characters.
 pub fn check_text(errors: &mut FieldErrors, field: &str, value: &str, max_chars: usize) {
     if value.trim().is_empty() {
-        errors.add(field, "must not be blank");
+        errors.add(field, Problem::Blank);
     } else if value.chars().count() > max_chars {
-        errors.add(field, format!("must be at most {max_chars} characters"));
+        errors.add(field, Problem::TooLong { max: max_chars as u64 });
     } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        errors.add(field, "must not contain control characters");
+        errors.add(field, Problem::ControlCharacters);
     }
 }
 
@@ -68,70 +101,54 @@ pub fn check_optional_text(errors: &mut FieldErrors, field: &str, value: Option<
 }
 
 /// A host name (RFC 1123) or an IPv4/IPv6 address literal.
-pub fn check_host(value: &str) -> Result<(), &'static str> {
+pub fn check_host(value: &str) -> Result<(), Problem> {
     if value.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
-    if value.is_empty() {
-        return Err("must not be empty");
-    }
-    if value.len() > 253 {
-        return Err("must be at most 253 characters");
+    if value.is_empty() || value.len() > 253 {
+        return Err(Problem::NotAHost);
     }
     let host = value.strip_suffix('.').unwrap_or(value);
     for label in host.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err("must be a valid host name: each dot-separated label 1 to 63 characters");
-        }
-        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err("must be a valid host name: only letters, digits, '-' and '.'");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("must be a valid host name: a label may not start or end with '-'");
+        let valid_chars = label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if label.is_empty() || label.len() > 63 || !valid_chars || label.starts_with('-') || label.ends_with('-') {
+            return Err(Problem::NotAHost);
         }
     }
     if host.rsplit('.').next().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
-        return Err("must be a valid host name or IP address");
+        return Err(Problem::NotAHost);
     }
     Ok(())
 }
 
 /// An email address, checked with the `email_address` crate's RFC 5322 parser.
-pub fn check_email(value: &str) -> Result<(), &'static str> {
+pub fn check_email(value: &str) -> Result<(), Problem> {
     if value.len() > 254 {
-        return Err("must be at most 254 characters");
+        return Err(Problem::TooLong { max: 254 });
     }
-    if email_address::EmailAddress::is_valid(value) && value.contains('.') {
-        Ok(())
-    } else {
-        Err("must be a valid email address like name@example.org")
-    }
+    if email_address::EmailAddress::is_valid(value) && value.contains('.') { Ok(()) } else { Err(Problem::NotAnEmail) }
 }
 
 /// An IANA time zone name such as `Asia/Shanghai`.
-pub fn check_time_zone(value: &str) -> Result<chrono_tz::Tz, String> {
-    value.parse::<chrono_tz::Tz>().map_err(|_| format!("`{value}` is not an IANA time zone name like Asia/Shanghai"))
+pub fn check_time_zone(value: &str) -> Result<chrono_tz::Tz, Problem> {
+    value.parse::<chrono_tz::Tz>().map_err(|_| Problem::NotATimeZone { value: value.to_owned() })
 }
 
 /// An asset tag: 1 to 64 characters of letters, digits, '-', '_', '.' and '/'.
-pub fn check_asset_tag(value: &str) -> Result<(), &'static str> {
+pub fn check_asset_tag(value: &str) -> Result<(), Problem> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
-    if value.is_empty() || value.len() > 64 {
-        Err("must be 1 to 64 characters")
-    } else if !value.chars().all(valid_char) {
-        Err("may only contain letters, digits, '-', '_', '.' and '/'")
+    if value.is_empty() || value.len() > 64 || !value.chars().all(valid_char) {
+        Err(Problem::NotAnAssetTag)
     } else {
         Ok(())
     }
 }
 
 /// A POSIX-ish user name for SSH logins.
-pub fn check_unix_user(value: &str) -> Result<(), &'static str> {
+pub fn check_unix_user(value: &str) -> Result<(), Problem> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if value.is_empty() || value.len() > 32 {
-        Err("must be 1 to 32 characters")
-    } else if !value.chars().all(valid_char) || value.starts_with('-') {
-        Err("must be a user name of letters, digits, '-', '_' and '.'")
+    if value.is_empty() || value.len() > 32 || !value.chars().all(valid_char) || value.starts_with('-') {
+        Err(Problem::NotAUnixUser)
     } else {
         Ok(())
     }

@@ -21,8 +21,9 @@ use crate::db::{self, api_tokens::NewApiToken};
 use crate::domain::facts::{Facts, Metrics, clip};
 use crate::domain::health::is_monitored;
 use crate::domain::health::is_overloaded;
-use crate::domain::{ActorKind, Arch, JobId, LeaseId, MachineId, TokenId};
+use crate::domain::{ActorKind, Arch, JobId, LeaseId, MachineId, Problem, TokenId};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::parse_json_at;
 use crate::extract::{Json, JsonBody, Query};
 use crate::heartbeats::{facts_hash, facts_text_hash};
@@ -107,10 +108,7 @@ pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Re
         (Some(token), None, None) => Ok(token),
         (None, Some(secret), Some(instance)) if !instance.trim().is_empty() && instance.len() <= 128 => Err(secret),
         _ => {
-            return Err(ApiError::invalid_field(
-                "token",
-                "give either `token`, or `launch_secret` with `instance_id` (a cloud instance's id, at most 128 characters)",
-            ));
+            return Err(ApiError::invalid_field("token", Problem::EnrollWith));
         }
     };
     let hash = Sha256::digest(secret.unwrap_or_else(|s| s).trim().as_bytes()).to_vec();
@@ -118,7 +116,7 @@ pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Re
     let mut conn = state.db().await?;
     let (credential, revoked) = conn
         .transaction::<_, ApiError, _>(async |conn| {
-            let refused = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid-enrollment-token", "the enrollment token is unknown, used, revoked or expired");
+            let refused = || ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidEnrollmentToken, "the enrollment token is unknown, used, revoked or expired");
             let (machine_id, enrolling) = match secret {
                 Ok(_) => {
                     let token = db::enrollment::lock_by_secret(conn, &hash).await?.ok_or_else(refused)?;
@@ -133,10 +131,10 @@ pub async fn enroll(state: web::Data<AppState>, body: Json<EnrollRequest>) -> Re
                     (machine, Enrolling::Instance(row))
                 }
             };
-            let machine = db::machines::lock(conn, machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+            let machine = db::machines::lock(conn, machine_id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::MachineNotFound))?;
             if !is_monitored(machine.lifecycle) {
                 return Err(ApiError::conflict(
-                    "machine-not-enrollable",
+                    ErrorCode::MachineNotEnrollable,
                     format!("the machine is `{}`; agents enroll once it is approved", machine.lifecycle),
                 ));
             }
@@ -180,7 +178,7 @@ async fn launched_instance(
     let refused = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "invalid-launch-secret",
+            ErrorCode::InvalidLaunchSecret,
             "the launch secret is unknown or spent, or the instance is not of its launch or has enrolled already",
         )
     };
@@ -198,7 +196,7 @@ async fn launched_instance(
     }
     if rows.iter().any(|r| r.provider_id.is_none() && r.ended_at.is_none()) {
         return Err(ApiError::conflict(
-            "instance-not-yet-known",
+            ErrorCode::InstanceNotYetKnown,
             "Fleetyard has not yet recorded this launch's instances; retry in a few seconds",
         ));
     }
@@ -295,7 +293,7 @@ pub async fn heartbeat(
         (None, None) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "facts-wanted",
+                ErrorCode::FactsWanted,
                 "this server does not know the machine's facts yet; send this heartbeat again with them",
             ));
         }
@@ -324,7 +322,11 @@ pub async fn heartbeat(
         uptime_secs: i64::try_from(metrics.uptime_secs).unwrap_or(i64::MAX),
     };
     state.heartbeats.enqueue(row).map_err(|busy| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "heartbeats-backlogged", format!("{busy}; retry shortly"))
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HeartbeatsBacklogged,
+            format!("{busy}; retry shortly"),
+        )
     })?;
     Ok(web::Json(HeartbeatAck { heartbeat_interval_secs: state.config.heartbeat_interval_secs, server_time: now }))
 }
@@ -345,8 +347,9 @@ async fn record_reported_facts(state: &AppState, agent: AgentCaller, facts: &Fac
         {
             return Ok(());
         }
-        let machine =
-            db::machines::find(conn, agent.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+        let machine = db::machines::find(conn, agent.machine_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(ErrorCode::MachineNotFound))?;
         monitoring::store_facts(conn, &machine, facts, FactsSource::Agent, hash, &actor).await?;
         Ok(())
     })
@@ -373,19 +376,21 @@ pub async fn renew_credential(
     let (credential, retired) = conn
         .transaction::<_, ApiError, _>(async |conn| {
             // Locked: two renewals at once must not leave two live credentials.
-            let machine =
-                db::machines::lock(conn, agent.machine_id).await?.ok_or_else(|| ApiError::not_found("machine"))?;
+            let machine = db::machines::lock(conn, agent.machine_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(ErrorCode::MachineNotFound))?;
             if !is_monitored(machine.lifecycle) {
                 return Err(ApiError::conflict(
-                    "machine-not-enrollable",
+                    ErrorCode::MachineNotEnrollable,
                     format!("the machine is `{}`", machine.lifecycle),
                 ));
             }
-            let current =
-                db::api_tokens::find(conn, agent.token_id).await?.ok_or_else(|| ApiError::not_found("credential"))?;
+            let current = db::api_tokens::find(conn, agent.token_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(ErrorCode::CredentialNotFound))?;
             if current.created_at > Utc::now() - Duration::hours(1) {
                 return Err(ApiError::conflict(
-                    "renewal-too-early",
+                    ErrorCode::RenewalTooEarly,
                     "this credential was issued less than an hour ago",
                 ));
             }
@@ -552,13 +557,13 @@ async fn own_attempt(
     id: JobId,
     attempt: i32,
 ) -> Result<db::jobs::Job, ApiError> {
-    let job = db::jobs::lock(conn, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    let job = db::jobs::lock(conn, id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::JobNotFound))?;
     if job.machine_id != Some(agent.machine_id) {
-        return Err(ApiError::not_found("job"));
+        return Err(ApiError::not_found(ErrorCode::JobNotFound));
     }
     if job.state != crate::domain::JobState::Running || job.attempts != attempt {
         return Err(ApiError::conflict(
-            "job-not-running-here",
+            ErrorCode::JobNotRunningHere,
             format!("attempt {attempt} of this job is not running on this machine any more; stop it"),
         ));
     }
@@ -585,7 +590,7 @@ pub async fn job_output_from_agent(
 ) -> Result<HttpResponse, ApiError> {
     let chunk = body.into_inner();
     if chunk.data.len() > 256 * 1024 {
-        return Err(ApiError::invalid_field("data", "at most 256 KiB per chunk"));
+        return Err(ApiError::invalid_field("data", Problem::TooManyBytes { max: 256 * 1024 }));
     }
     let id = path.into_inner();
     let mut conn = state.db().await?;
@@ -620,7 +625,8 @@ pub async fn job_finished(
     let mut conn = state.db().await?;
     conn.transaction::<_, ApiError, _>(async move |conn| {
         // Lease first, then job: the order placement rounds lock them in.
-        let lease = db::jobs::current_lease(conn, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+        let lease =
+            db::jobs::current_lease(conn, id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::JobNotFound))?;
         db::leases::lock(conn, lease.id).await?;
         let job = own_attempt(conn, agent, id, report.attempt).await?;
         let exit =
@@ -661,7 +667,7 @@ pub async fn agent_binary(state: web::Data<AppState>, arch: web::Path<Arch>) -> 
     let missing = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "agent-binary-not-found",
+            ErrorCode::AgentBinaryNotFound,
             "this server has no agent binary for that architecture",
         )
     };

@@ -20,8 +20,9 @@ pub use crate::domain::cloud::amount;
 use crate::domain::cloud::{
     Bucket, InstanceState, Market, cost_micros, cost_within as domain_cost_within, month_start,
 };
-use crate::domain::{Arch, CloudProvider, FieldErrors, LeaseId, MachineId};
+use crate::domain::{Arch, CloudProvider, FieldErrors, LeaseId, MachineId, Problem};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 pub use crate::operations::leases::lease_cost;
 use crate::state::AppState;
@@ -464,21 +465,21 @@ pub async fn create_cloud_import(
     let mut errors = FieldErrors::new();
     let clouds = &state.config.clouds;
     match clouds.account(&request.account) {
-        None => errors.add("account", "is not a configured cloud account"),
+        None => errors.add("account", Problem::UnknownCloudAccount),
         Some(account) if !account.regions.iter().any(|r| r.name == request.region) => {
-            errors.add("region", "is not configured for this account")
+            errors.add("region", Problem::UnknownCloudRegion)
         }
         Some(_) => {}
     }
     let id_ok = |id: &String| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
     if request.instance_ids.len() > 500 || !request.instance_ids.iter().all(id_ok) {
-        errors.add("instance_ids", "must be at most 500 ids of 1 to 128 visible ASCII characters");
+        errors.add("instance_ids", Problem::InstanceIds);
     }
     match (&request.tag, request.instance_ids.is_empty()) {
-        (None, true) => errors.add("instance_ids", "give the servers' ids, or a tag"),
-        (Some(_), false) => errors.add("tag", "give either instance_ids or a tag, not both"),
+        (None, true) => errors.add("instance_ids", Problem::IdsOrTag),
+        (Some(_), false) => errors.add("tag", Problem::IdsAndTag),
         (Some(tag), true) if !(1..=128).contains(&tag.key.len()) || tag.value.len() > 255 => {
-            errors.add("tag", "key must be 1 to 128 characters, value at most 255")
+            errors.add("tag", Problem::CloudTagSize)
         }
         _ => {}
     }
@@ -530,7 +531,8 @@ pub async fn get_cloud_import(
 ) -> Result<web::Json<CloudImportView>, ApiError> {
     caller.require_admin()?;
     let mut conn = state.db().await?;
-    let import =
-        db::clouds::find_import(&mut conn, id.into_inner()).await?.ok_or_else(|| ApiError::not_found("import"))?;
+    let import = db::clouds::find_import(&mut conn, id.into_inner())
+        .await?
+        .ok_or_else(|| ApiError::not_found(ErrorCode::ImportNotFound))?;
     Ok(web::Json(import.into()))
 }

@@ -12,8 +12,9 @@ use crate::db::audit::{self, Change};
 use crate::db::donors::{Donor, DonorChanges, NewDonor};
 use crate::db::{self, Json as DbJson, is_unique_violation};
 use crate::domain::validation::{check_optional_text, check_text, check_time_zone, double_option};
-use crate::domain::{Contact, DonorId, DonorKind, FieldErrors};
+use crate::domain::{Contact, DonorId, DonorKind, FieldErrors, Problem};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 use crate::state::AppState;
 
@@ -99,13 +100,13 @@ fn check_website(errors: &mut FieldErrors, website: Option<&str>) {
     let host = website.strip_prefix("https://").or_else(|| website.strip_prefix("http://"));
     match host.map(|rest| rest.split(['/', ':', '?', '#']).next().unwrap_or_default()) {
         Some(host) if crate::domain::validation::check_host(host).is_ok() && website.len() <= 500 => {}
-        _ => errors.add("website", "must be an http(s) URL like https://example.org"),
+        _ => errors.add("website", Problem::NotAUrl { example: "https://example.org".into() }),
     }
 }
 
 fn check_contacts(errors: &mut FieldErrors, contacts: &[Contact]) {
     if contacts.len() > MAX_CONTACTS {
-        errors.add("contacts", format!("at most {MAX_CONTACTS} contacts"));
+        errors.add("contacts", Problem::TooMany { max: MAX_CONTACTS as u64 });
     }
     for (i, contact) in contacts.iter().enumerate() {
         contact.validate(&format!("contacts[{i}]"), errors);
@@ -120,7 +121,7 @@ fn check_zone(errors: &mut FieldErrors, zone: &str) {
 
 fn name_taken(error: diesel::result::Error) -> ApiError {
     if is_unique_violation(&error, db::donors::NAME_KEY) {
-        ApiError::conflict("donor-name-taken", "name: a donor with this name already exists")
+        ApiError::conflict(ErrorCode::DonorNameTaken, "name: a donor with this name already exists")
     } else {
         error.into()
     }
@@ -217,10 +218,10 @@ pub async fn get_donor(
     let scope = caller.admin_or_donor()?;
     let id = id.into_inner();
     if !scope.covers(Some(id)) {
-        return Err(ApiError::not_found("donor"));
+        return Err(ApiError::not_found(ErrorCode::DonorNotFound));
     }
     let mut conn = state.db().await?;
-    let donor = db::donors::find(&mut conn, id).await?.ok_or_else(|| ApiError::not_found("donor"))?;
+    let donor = db::donors::find(&mut conn, id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::DonorNotFound))?;
     Ok(web::Json(donor.into()))
 }
 
@@ -245,7 +246,7 @@ pub async fn update_donor(
     let scope = caller.admin_or_donor()?;
     let id = id.into_inner();
     if !scope.covers(Some(id)) {
-        return Err(ApiError::not_found("donor"));
+        return Err(ApiError::not_found(ErrorCode::DonorNotFound));
     }
     let patch = body.into_inner();
     let mut errors = FieldErrors::new();
@@ -270,7 +271,8 @@ pub async fn update_donor(
     let mut conn = state.db().await?;
     let view = conn
         .transaction::<_, ApiError, _>(async move |conn| {
-            let before = db::donors::find(conn, id).await?.ok_or_else(|| ApiError::not_found("donor"))?;
+            let before =
+                db::donors::find(conn, id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::DonorNotFound))?;
             let changes = DonorChanges {
                 name: patch.name.map(|n| n.trim().to_owned()),
                 kind: patch.kind,

@@ -21,8 +21,9 @@ use crate::domain::job::validate_env;
 use crate::domain::placement::Requirements;
 use crate::domain::usage_policy::Purpose;
 use crate::domain::validation::check_text;
-use crate::domain::{FieldErrors, JobId, JobState, LeaseState, MachineId};
+use crate::domain::{FieldErrors, JobId, JobState, LeaseState, MachineId, Problem};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 use crate::operations::leases::{
     Holder, LeaseSpec, check_demand, check_lab_wait, holder, may_change, new_lease, queue_standing, refusal,
@@ -158,10 +159,10 @@ fn validate(state: &AppState, holder: &Holder, request: &JobRequest) -> Result<(
     validate_env("env", &request.env, &mut errors);
     let max_secs = config.lease_max_minutes * 60 - i64::from(REPORT_GRACE_SECS);
     if !(1..=max_secs).contains(&i64::from(request.timeout_secs)) {
-        errors.add("timeout_secs", format!("must be between 1 and {max_secs} (the platform's lease limit)"));
+        errors.add("timeout_secs", Problem::Between { min: 1, max: max_secs });
     }
     if !(1..=10).contains(&request.max_attempts) {
-        errors.add("max_attempts", "must be between 1 and 10");
+        errors.add("max_attempts", Problem::Between { min: 1, max: 10 });
     }
     errors.into_result()?;
     Ok((wait, lab_wait))
@@ -222,10 +223,7 @@ pub async fn create_job(
         && let Some(existing) = db::jobs::by_key(&mut conn, holder.id, key).await?
     {
         if existing.request_hash != hash {
-            return Err(ApiError::invalid_field(
-                "Idempotency-Key",
-                "was already used for a different request; use a new key",
-            ));
+            return Err(ApiError::invalid_field("Idempotency-Key", Problem::KeyReused));
         }
         drop(conn);
         return Ok(respond(view(&state, existing).await?, StatusCode::OK, true));
@@ -254,14 +252,14 @@ pub async fn create_job(
                 let open = db::jobs::lock_and_count_open(conn, holder.id).await?;
                 if open >= i64::from(cap) {
                     return Err(ApiError::too_many(
-                        crate::scheduler::QUEUE_CAP_REACHED,
+                        ErrorCode::QueueCapReached,
                         format!("this service token may have at most {cap} jobs queued or running at once; retry once some have ended"),
                         crate::operations::leases::QUEUE_CAP_RETRY_SECS,
                     ));
                 }
             }
             db::jobs::insert(conn, &new).await?.ok_or_else(|| {
-                ApiError::conflict("idempotency-race", "a job with this Idempotency-Key was just made; retry")
+                ApiError::conflict(ErrorCode::IdempotencyRace, "a job with this Idempotency-Key was just made; retry")
             })
         })
         .await?;
@@ -298,7 +296,7 @@ pub async fn create_job(
         }
     }
     let mut conn = state.db().await?;
-    let job = db::jobs::find(&mut conn, job.id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    let job = db::jobs::find(&mut conn, job.id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::JobNotFound))?;
     drop(conn);
     Ok(respond(view(&state, job).await?, StatusCode::CREATED, false))
 }
@@ -373,7 +371,7 @@ enum Sight {
 async fn find_visible(state: &AppState, caller: &Principal, id: JobId) -> Result<(Job, Sight), ApiError> {
     let scope = scope(caller)?;
     let mut conn = state.db().await?;
-    let job = db::jobs::find(&mut conn, id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+    let job = db::jobs::find(&mut conn, id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::JobNotFound))?;
     let sight = match scope {
         Scope::All => Some(Sight::Whole),
         Scope::Holder(holder) => (job.holder_id == holder).then_some(Sight::Whole),
@@ -381,7 +379,7 @@ async fn find_visible(state: &AppState, caller: &Principal, id: JobId) -> Result
             .await?
             .map(|operated| if operated { Sight::Whole } else { Sight::Outline }),
     };
-    sight.map(|sight| (job, sight)).ok_or_else(|| ApiError::not_found("job"))
+    sight.map(|sight| (job, sight)).ok_or_else(|| ApiError::not_found(ErrorCode::JobNotFound))
 }
 
 #[utoipa::path(
@@ -428,7 +426,7 @@ pub async fn job_output(
 ) -> Result<HttpResponse, ApiError> {
     let tail = query.into_inner().tail.unwrap_or(65_536);
     if !(1..=db::jobs::MAX_OUTPUT_BYTES).contains(&tail) {
-        return Err(ApiError::invalid_field("tail", format!("must be between 1 and {}", db::jobs::MAX_OUTPUT_BYTES)));
+        return Err(ApiError::invalid_field("tail", Problem::Between { min: 1, max: db::jobs::MAX_OUTPUT_BYTES }));
     }
     let (job, sight) = find_visible(&state, &caller, path.into_inner()).await?;
     if sight != Sight::Whole {
@@ -459,7 +457,7 @@ pub async fn cancel_job(
     path: web::Path<JobId>,
 ) -> Result<web::Json<JobView>, ApiError> {
     let (job, _) = find_visible(&state, &caller, path.into_inner()).await?;
-    may_change(&caller, job.holder_id, "job")?;
+    may_change(&caller, job.holder_id, ErrorCode::JobNotFound)?;
     let by = caller.actor().name;
     let mut conn = state.db().await?;
     let cancelled = conn
@@ -469,9 +467,12 @@ pub async fn cancel_job(
             if let Some(lease) = &lease {
                 db::leases::lock(conn, lease.id).await?;
             }
-            let job = db::jobs::lock(conn, job.id).await?.ok_or_else(|| ApiError::not_found("job"))?;
+            let job = db::jobs::lock(conn, job.id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::JobNotFound))?;
             if !job.state.is_open() {
-                return Err(ApiError::conflict("job-ended", format!("the job has already ended ({})", job.state)));
+                return Err(ApiError::conflict(
+                    ErrorCode::JobEnded,
+                    format!("the job has already ended ({})", job.state),
+                ));
             }
             if let Some(lease) = lease.filter(|l| l.state.is_open()) {
                 let to = if lease.state == LeaseState::Queued { LeaseState::Cancelled } else { LeaseState::Released };

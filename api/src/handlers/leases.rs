@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 
 use crate::auth::Principal;
-use crate::domain::{LeaseId, LeaseState};
+use crate::domain::{LeaseId, LeaseState, Problem};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
 use crate::operations::leases;
@@ -23,7 +23,7 @@ pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiEr
         .map(str::trim)
         .filter(|k| (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
     key.map(|k| Some(k.to_owned()))
-        .ok_or_else(|| ApiError::invalid_field("Idempotency-Key", "must be 1 to 200 visible ASCII characters"))
+        .ok_or_else(|| ApiError::invalid_field("Idempotency-Key", Problem::VisibleAscii { min: 1, max: 200 }))
 }
 
 fn respond(view: LeaseView, replayed: bool) -> HttpResponse {
@@ -178,7 +178,7 @@ pub async fn lease_queue(
 ) -> Result<web::Json<Vec<WaitingLease>>, ApiError> {
     let limit = query.into_inner().limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", "must be between 1 and 500"));
+        return Err(ApiError::invalid_field("limit", Problem::Between { min: 1, max: 500 }));
     }
     leases::waiting(&state, &caller, limit).await.map(web::Json)
 }

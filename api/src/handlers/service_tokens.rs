@@ -14,8 +14,9 @@ use crate::db::api_tokens::{ApiToken, GrantChange, NewApiToken};
 use crate::db::audit::{self, Change};
 use crate::domain::grant::check_tenant_patterns;
 use crate::domain::validation::check_text;
-use crate::domain::{FieldErrors, Role, TokenId, UserId};
+use crate::domain::{FieldErrors, Problem, Role, TokenId, UserId};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 use crate::state::AppState;
 
@@ -120,11 +121,11 @@ fn check_grant(
         check_tenant_patterns("tenants", tenants, errors);
     }
     if max_priority.is_some_and(|p| !(0..=100).contains(&p)) {
-        errors.add("max_priority", "must be between 0 and 100");
+        errors.add("max_priority", Problem::Between { min: 0, max: 100 });
     }
     for (field, cap) in caps {
         if cap.is_some_and(|c| !(0..=100_000).contains(&c)) {
-            errors.add(field, "must be between 0 and 100000");
+            errors.add(field, Problem::Between { min: 0, max: 100_000 });
         }
     }
 }
@@ -149,7 +150,7 @@ pub async fn issue_service_token(
     let mut errors = FieldErrors::new();
     check_text(&mut errors, "name", &request.name, 100);
     if !(1..=366).contains(&request.expires_in_days) {
-        errors.add("expires_in_days", "must be between 1 and 366");
+        errors.add("expires_in_days", Problem::Between { min: 1, max: 366 });
     }
     check_grant(
         &mut errors,
@@ -239,7 +240,7 @@ pub async fn revoke_service_token(
             let before = db::api_tokens::find(conn, id.into_inner())
                 .await?
                 .filter(|t| t.role == Role::Ci)
-                .ok_or_else(|| ApiError::not_found("service-token"))?;
+                .ok_or_else(|| ApiError::not_found(ErrorCode::ServiceTokenNotFound))?;
             if before.revoked_at.is_some() {
                 return Ok(ServiceTokenView::from(before));
             }
@@ -320,7 +321,7 @@ pub async fn change_service_token(
             let before = db::api_tokens::find(conn, id.into_inner())
                 .await?
                 .filter(|t| t.role == Role::Ci)
-                .ok_or_else(|| ApiError::not_found("service-token"))?;
+                .ok_or_else(|| ApiError::not_found(ErrorCode::ServiceTokenNotFound))?;
             let grant = GrantChange {
                 tenants: change.tenants,
                 max_priority: change.max_priority,

@@ -12,8 +12,9 @@ use crate::db::audit::{self, Change};
 use crate::db::sites::{NewSite, Site, SiteChanges, Visibility};
 use crate::db::{self, is_unique_violation};
 use crate::domain::validation::{check_optional_text, check_text, check_time_zone, double_option};
-use crate::domain::{CloudProvider, DonorId, FieldErrors, SiteId, SiteKind};
+use crate::domain::{CloudProvider, DonorId, FieldErrors, Problem, SiteId, SiteKind};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 use crate::state::AppState;
 
@@ -113,7 +114,7 @@ fn check_country(errors: &mut FieldErrors, country: Option<&str>) {
     if let Some(country) = country
         && !(country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase()))
     {
-        errors.add("country", "must be an ISO 3166-1 alpha-2 code like CN or DE");
+        errors.add("country", Problem::NotACountry);
     }
 }
 
@@ -125,7 +126,7 @@ fn check_zone(errors: &mut FieldErrors, zone: &str) {
 
 fn name_taken(error: diesel::result::Error) -> ApiError {
     if is_unique_violation(&error, db::sites::NAME_KEY) {
-        ApiError::conflict("site-name-taken", "name: a site with this name already exists")
+        ApiError::conflict(ErrorCode::SiteNameTaken, "name: a site with this name already exists")
     } else {
         error.into()
     }
@@ -167,35 +168,37 @@ pub async fn create_site(
     check_zone(&mut errors, &request.time_zone);
     if let DonorScope::Own(own) = scope {
         if request.kind != SiteKind::DonorSite {
-            errors.add("kind", "donors register their own premises: `donor_site`");
+            errors.add("kind", Problem::DonorSiteOnly);
         }
         match request.donor_id {
-            Some(asked) if asked != own => errors.add("donor_id", "must be your own donor (or left out)"),
+            Some(asked) if asked != own => errors.add("donor_id", Problem::OwnDonorOnly),
             _ => request.donor_id = Some(own),
         }
     }
     match request.kind {
-        SiteKind::DonorSite if request.donor_id.is_none() => errors.add("donor_id", "is required for a donor_site"),
+        SiteKind::DonorSite if request.donor_id.is_none() => {
+            errors.add("donor_id", Problem::RequiredForKind { kind: "donor_site".into() })
+        }
         SiteKind::DonorSite | SiteKind::FoundationLab => {
             if request.kind == SiteKind::FoundationLab && request.donor_id.is_some() {
-                errors.add("donor_id", "only a donor_site belongs to a donor");
+                errors.add("donor_id", Problem::DonorSiteHasDonor);
             }
             if request.cloud_provider.is_some() {
-                errors.add("cloud_provider", "only a cloud_region has a cloud provider");
+                errors.add("cloud_provider", Problem::CloudRegionOnly);
             }
             if request.cloud_region.is_some() {
-                errors.add("cloud_region", "only a cloud_region has a region code");
+                errors.add("cloud_region", Problem::CloudRegionOnly);
             }
         }
         SiteKind::CloudRegion => {
             if request.donor_id.is_some() {
-                errors.add("donor_id", "only a donor_site belongs to a donor");
+                errors.add("donor_id", Problem::DonorSiteHasDonor);
             }
             if request.cloud_provider.is_none() {
-                errors.add("cloud_provider", "is required for a cloud_region");
+                errors.add("cloud_provider", Problem::RequiredForKind { kind: "cloud_region".into() });
             }
             match &request.cloud_region {
-                None => errors.add("cloud_region", "is required for a cloud_region"),
+                None => errors.add("cloud_region", Problem::RequiredForKind { kind: "cloud_region".into() }),
                 Some(region) => check_text(&mut errors, "cloud_region", region, 64),
             }
         }
@@ -209,7 +212,7 @@ pub async fn create_site(
             if let Some(donor_id) = request.donor_id
                 && db::donors::find(conn, donor_id).await?.is_none()
             {
-                return Err(ApiError::invalid_field("donor_id", "no such donor"));
+                return Err(ApiError::invalid_field("donor_id", Problem::NoSuchDonor));
             }
             let new = NewSite {
                 id: SiteId::generate(),
@@ -298,7 +301,7 @@ pub async fn get_site(
     let site = db::sites::find(&mut conn, id.into_inner())
         .await?
         .filter(|s| visible(s, scope))
-        .ok_or_else(|| ApiError::not_found("site"))?;
+        .ok_or_else(|| ApiError::not_found(ErrorCode::SiteNotFound))?;
     Ok(web::Json(site.into()))
 }
 
@@ -344,7 +347,7 @@ pub async fn update_site(
             let before = db::sites::find(conn, id.into_inner())
                 .await?
                 .filter(|s| visible(s, scope))
-                .ok_or_else(|| ApiError::not_found("site"))?;
+                .ok_or_else(|| ApiError::not_found(ErrorCode::SiteNotFound))?;
             if scope != DonorScope::All && before.kind != SiteKind::DonorSite {
                 return Err(ApiError::forbidden("only ops change the foundation's labs and cloud regions"));
             }

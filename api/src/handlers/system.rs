@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::schedules::{self, RunOutcome, Schedule};
 use crate::state::AppState;
 
@@ -39,7 +40,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Status>, cra
         tracing::warn!("readiness check: {e}");
         crate::error::ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "database-unavailable",
+            ErrorCode::DatabaseUnavailable,
             "the database does not answer",
         )
     })?;
@@ -166,7 +167,7 @@ pub async fn run_schedule(
     name: web::Path<String>,
 ) -> Result<web::Json<ScheduleRunResult>, ApiError> {
     caller.require_admin()?;
-    let kind = Schedule::from_name(&name).ok_or_else(|| ApiError::not_found("schedule"))?;
+    let kind = Schedule::from_name(&name).ok_or_else(|| ApiError::not_found(ErrorCode::ScheduleNotFound))?;
     // The run goes on by itself: a caller giving up must not leave a claimed run half done.
     let state = state.into_inner();
     let run = tokio::spawn(async move { schedules::run(&state, kind, &schedules::replica_name()).await });

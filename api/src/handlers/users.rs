@@ -12,8 +12,9 @@ use crate::db::audit::{self, Change};
 use crate::db::users::{NewUser, User};
 use crate::db::{self, is_unique_violation};
 use crate::domain::validation::{check_email, check_text};
-use crate::domain::{DonorId, FieldErrors, Role, UserId};
+use crate::domain::{DonorId, FieldErrors, Problem, Role, UserId};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 use crate::state::AppState;
 
@@ -104,16 +105,14 @@ pub async fn create_user(
     }
     check_text(&mut errors, "display_name", &request.display_name, 200);
     if request.password.chars().count() < MIN_PASSWORD_CHARS {
-        errors.add("password", format!("must be at least {MIN_PASSWORD_CHARS} characters"));
+        errors.add("password", Problem::TooShort { min: MIN_PASSWORD_CHARS as u64 });
     } else if request.password.len() > 1024 {
-        errors.add("password", "must be at most 1024 bytes");
+        errors.add("password", Problem::TooManyBytes { max: 1024 });
     }
     match (request.role, request.donor_id) {
-        (Role::Donor, None) => errors.add("donor_id", "is required for a donor user"),
-        (Role::Admin, Some(_)) => errors.add("donor_id", "an admin does not belong to a donor"),
-        (Role::Ci | Role::Agent, _) => {
-            errors.add("role", "users are `admin` or `donor`; service accounts are issued under /api/v1/service-tokens")
-        }
+        (Role::Donor, None) => errors.add("donor_id", Problem::RequiredForDonorUser),
+        (Role::Admin, Some(_)) => errors.add("donor_id", Problem::AdminHasNoDonor),
+        (Role::Ci | Role::Agent, _) => errors.add("role", Problem::NotAUserRole),
         _ => {}
     }
     errors.into_result()?;
@@ -126,7 +125,7 @@ pub async fn create_user(
             if let Some(donor_id) = request.donor_id
                 && db::donors::find(conn, donor_id).await?.is_none()
             {
-                return Err(ApiError::invalid_field("donor_id", "no such donor"));
+                return Err(ApiError::invalid_field("donor_id", Problem::NoSuchDonor));
             }
             let new = NewUser {
                 id: UserId::generate(),
@@ -138,7 +137,7 @@ pub async fn create_user(
             };
             let user = db::users::insert(conn, &new).await.map_err(|e| {
                 if is_unique_violation(&e, db::users::EMAIL_KEY) {
-                    ApiError::conflict("email-taken", "email: an account with this email already exists")
+                    ApiError::conflict(ErrorCode::EmailTaken, "email: an account with this email already exists")
                 } else {
                     e.into()
                 }
@@ -204,13 +203,14 @@ pub async fn update_user(
     }
     errors.into_result()?;
     if patch.disabled == Some(true) && caller.user_id() == Some(id) {
-        return Err(ApiError::conflict("cannot-disable-self", "you cannot disable your own account"));
+        return Err(ApiError::conflict(ErrorCode::CannotDisableSelf, "you cannot disable your own account"));
     }
     let actor = caller.actor();
     let mut conn = state.db().await?;
     let view = conn
         .transaction::<_, ApiError, _>(async move |conn| {
-            let before = db::users::find(conn, id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+            let before =
+                db::users::find(conn, id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::UserNotFound))?;
             let mut after = before.clone();
             if let Some(name) = &patch.display_name {
                 after = db::users::set_display_name(conn, id, name.trim()).await?;

@@ -15,8 +15,9 @@ use crate::auth::Principal;
 use crate::db::audit::{self, Change};
 use crate::db::events::{self as db_events, Delivery, NewSubscription, Subscription, SubscriptionChanges};
 use crate::domain::validation::{check_host, check_optional_text, double_option};
-use crate::domain::{EventType, FieldErrors};
+use crate::domain::{EventType, FieldErrors, Problem};
 use crate::error::{ApiError, ErrorBody};
+use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 use crate::state::AppState;
 
@@ -123,7 +124,7 @@ fn check_url(errors: &mut FieldErrors, url: &str) {
         authority.map(|a| a.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
     let host = host.map(|h| h.trim_start_matches('[').trim_end_matches(']'));
     if url.len() > 2000 || host.is_none_or(|h| check_host(h).is_err()) {
-        errors.add("url", "must be an http(s) URL like https://hooks.example.org/fleetyard");
+        errors.add("url", Problem::NotAUrl { example: "https://hooks.example.org/fleetyard".into() });
     }
 }
 
@@ -241,7 +242,9 @@ pub async fn update_webhook(
     let mut conn = state.db().await?;
     let view = conn
         .transaction::<_, ApiError, _>(async |conn| {
-            let before = db_events::find_subscription(conn, id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
+            let before = db_events::find_subscription(conn, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(ErrorCode::WebhookNotFound))?;
             let changes = SubscriptionChanges {
                 url: patch.url,
                 event_types: patch.event_types.map(type_names),
@@ -274,7 +277,9 @@ pub async fn delete_webhook(
     let actor = caller.actor();
     let mut conn = state.db().await?;
     conn.transaction::<_, ApiError, _>(async |conn| {
-        let before = db_events::find_subscription(conn, id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
+        let before = db_events::find_subscription(conn, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(ErrorCode::WebhookNotFound))?;
         db_events::delete_subscription(conn, id).await?;
         audit::record(
             conn,
@@ -319,7 +324,9 @@ pub async fn list_deliveries(
     let page = page(query.cursor.as_deref(), query.limit)?;
     let id = id.into_inner();
     let mut conn = state.db().await?;
-    db_events::find_subscription(&mut conn, id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
+    db_events::find_subscription(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(ErrorCode::WebhookNotFound))?;
     let rows = db_events::list_deliveries(&mut conn, id, page).await?;
     let (rows, next_cursor) = paginate(rows, &page, |d| d.id);
     Ok(web::Json(DeliveryPage { items: rows.into_iter().map(DeliveryView::from).collect(), next_cursor }))

@@ -9,6 +9,7 @@ use super::paging::{page, page_type, paginate};
 use crate::auth::{DonorScope, Principal};
 use crate::db::{self, audit::AuditEntry, audit::AuditFilter};
 use crate::domain::DonorId;
+use crate::domain::Problem;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -44,7 +45,7 @@ pub async fn list_audit(state: &AppState, caller: &Principal, query: AuditQuery)
     let page = page(query.cursor.as_deref(), query.limit)?;
     let donor_id = match (scope, query.donor_id) {
         (DonorScope::Own(own), Some(asked)) if asked != own => {
-            return Err(ApiError::invalid_field("donor_id", "you can only read your own donor's trail"));
+            return Err(ApiError::invalid_field("donor_id", Problem::OwnDonorOnly));
         }
         (DonorScope::Own(own), _) => Some(own),
         (DonorScope::All, asked) => asked,

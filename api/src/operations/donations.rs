@@ -25,9 +25,10 @@ use crate::domain::validation::{
 };
 use crate::domain::{
     Accelerator, Arch, DonationAction, DonationId, DonationModel, DonationStatus, DonorId, FieldErrors, Labels,
-    LifecycleState, MachineId, SiteId, SiteKind, UsagePolicy,
+    LifecycleState, MachineId, Problem, SiteId, SiteKind, UsagePolicy,
 };
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 use crate::handlers::agent::IssuedEnrollmentToken;
 use crate::operations::inventory::issue_enrollment;
 use crate::operations::machines::record_lifecycle_changes;
@@ -151,9 +152,9 @@ impl DonationForm {
             policy.validate("usage_policy", &mut errors);
         }
         if self.machines.is_empty() {
-            errors.add("machines", "a donation needs at least one machine");
+            errors.add("machines", Problem::NoneGiven);
         } else if self.machines.len() > MAX_MACHINES_PER_DONATION {
-            errors.add("machines", format!("at most {MAX_MACHINES_PER_DONATION} machines per donation"));
+            errors.add("machines", Problem::TooMany { max: MAX_MACHINES_PER_DONATION as u64 });
         }
         let mut tags_seen: HashMap<String, usize> = HashMap::new();
         for (i, machine) in self.machines.iter().enumerate() {
@@ -167,21 +168,22 @@ impl DonationForm {
                 if let Err(problem) = check_asset_tag(tag) {
                     errors.add(format!("{at}.asset_tag"), problem);
                 } else if let Some(first) = tags_seen.insert(tag.to_lowercase(), i) {
-                    errors.add(format!("{at}.asset_tag"), format!("`{tag}` is also given to machines[{first}]"));
+                    errors
+                        .add(format!("{at}.asset_tag"), Problem::TagRepeated { tag: tag.clone(), first: first as u64 });
                 }
             }
             check_text(&mut errors, &format!("{at}.cpu_model"), &machine.cpu_model, 200);
             if !(1..=4096).contains(&machine.cpu_cores) {
-                errors.add(format!("{at}.cpu_cores"), "must be between 1 and 4096");
+                errors.add(format!("{at}.cpu_cores"), Problem::Between { min: 1, max: 4096 });
             }
             if !(1..=(1 << 30)).contains(&machine.memory_mib) {
-                errors.add(format!("{at}.memory_mib"), "must be a positive number of MiB");
+                errors.add(format!("{at}.memory_mib"), Problem::PositiveAmount { unit: "MiB".into() });
             }
             if !(1..=(1 << 30)).contains(&machine.disk_gib) {
-                errors.add(format!("{at}.disk_gib"), "must be a positive number of GiB");
+                errors.add(format!("{at}.disk_gib"), Problem::PositiveAmount { unit: "GiB".into() });
             }
             if machine.accelerators.len() > 16 {
-                errors.add(format!("{at}.accelerators"), "at most 16 accelerator entries");
+                errors.add(format!("{at}.accelerators"), Problem::TooMany { max: 16 });
             }
             for (j, accelerator) in machine.accelerators.iter().enumerate() {
                 accelerator.validate(&format!("{at}.accelerators[{j}]"), &mut errors);
@@ -192,7 +194,7 @@ impl DonationForm {
                     errors.add(format!("{at}.ssh.host"), problem);
                 }
                 if !(1..=65535).contains(&ssh.port) {
-                    errors.add(format!("{at}.ssh.port"), "must be between 1 and 65535");
+                    errors.add(format!("{at}.ssh.port"), Problem::Between { min: 1, max: 65535 });
                 }
                 if let Err(problem) = check_unix_user(&ssh.user) {
                     errors.add(format!("{at}.ssh.user"), problem);
@@ -214,12 +216,12 @@ pub async fn create_donation(
     let donor_id = match (scope, form.donor_id) {
         (DonorScope::All, Some(donor_id)) => donor_id,
         (DonorScope::All, None) => {
-            return Err(ApiError::invalid_field("donor_id", "is required when ops register a donation"));
+            return Err(ApiError::invalid_field("donor_id", Problem::DonorNeeded));
         }
         (DonorScope::Own(own), None) => own,
         (DonorScope::Own(own), Some(asked)) if asked == own => own,
         (DonorScope::Own(_), Some(_)) => {
-            return Err(ApiError::invalid_field("donor_id", "must be your own donor (or left out)"));
+            return Err(ApiError::invalid_field("donor_id", Problem::OwnDonorOnly));
         }
     };
     form.validate()?;
@@ -231,7 +233,7 @@ pub async fn create_donation(
         .transaction::<_, ApiError, _>(async move |conn| {
             let donor = db::donors::find(conn, donor_id)
                 .await?
-                .ok_or_else(|| ApiError::invalid_field("donor_id", "no such donor"))?;
+                .ok_or_else(|| ApiError::invalid_field("donor_id", Problem::NoSuchDonor))?;
             check_site(conn, &form, donor_id).await?;
             let policy = form.usage_policy.take().map(|mut policy| {
                 policy.time_zone.get_or_insert(donor.time_zone);
@@ -255,12 +257,10 @@ pub async fn create_donation(
             let donation = db::donations::insert(conn, &new).await.map_err(|e| {
                 if is_unique_violation(&e, db::donations::AGREEMENT_REF_KEY) {
                     ApiError::conflict(
-                        "agreement-ref-taken",
+                        ErrorCode::AgreementRefTaken,
                         "agreement_ref: this donor already has a donation with this reference",
                     )
-                    .with_details(
-                        json!({ "errors": [{ "field": "agreement_ref", "problem": "already used by this donor" }] }),
-                    )
+                    .with_field_errors(FieldErrors::one("agreement_ref", Problem::AgreementRefTaken))
                 } else {
                     e.into()
                 }
@@ -295,7 +295,7 @@ pub async fn create_donation(
             let machines = db::machines::insert_many(conn, &rows).await.map_err(|e| {
                 if is_unique_violation(&e, db::machines::ASSET_TAG_KEY) {
                     ApiError::conflict(
-                        "asset-tag-taken",
+                        ErrorCode::AssetTagTaken,
                         "an asset tag in this form was registered at the same moment; retry",
                     )
                 } else {
@@ -326,17 +326,14 @@ pub async fn create_donation(
 /// A usage-right donation's machines stay at the donor's own site; the others go to a lab.
 async fn check_site(conn: &mut AsyncPgConnection, form: &DonationForm, donor_id: DonorId) -> Result<(), ApiError> {
     let problem = match db::sites::find(conn, form.site_id).await? {
-        None => Some("no such site".to_owned()),
+        None => Some(Problem::NoSuchSite),
         // Another donor's premises: not this donor's to learn of.
-        Some(site) if site.kind == SiteKind::DonorSite && site.donor_id != Some(donor_id) => {
-            Some("no such site".to_owned())
-        }
-        Some(site) if site.kind != form.model.site_kind() => Some(format!(
-            "a {} donation's machines live at a `{}` site; this site is a `{}`",
-            form.model,
-            form.model.site_kind(),
-            site.kind
-        )),
+        Some(site) if site.kind == SiteKind::DonorSite && site.donor_id != Some(donor_id) => Some(Problem::NoSuchSite),
+        Some(site) if site.kind != form.model.site_kind() => Some(Problem::WrongSiteKind {
+            model: form.model.to_string(),
+            need: form.model.site_kind().to_string(),
+            kind: site.kind.to_string(),
+        }),
         Some(_) => None,
     };
     match problem {
@@ -358,14 +355,14 @@ async fn check_asset_tags_free(conn: &mut AsyncPgConnection, form: &DonationForm
         if let Some(tag) = &machine.asset_tag
             && taken.contains(&tag.to_lowercase())
         {
-            errors.add(format!("machines[{i}].asset_tag"), format!("`{tag}` is already in use"));
+            errors.add(format!("machines[{i}].asset_tag"), Problem::TagTaken { tag: tag.clone() });
         }
     }
     if errors.is_empty() {
         return Ok(());
     }
     let message = errors.as_slice().iter().map(|e| format!("{}: {}", e.field, e.problem)).collect::<Vec<_>>();
-    Err(ApiError::conflict("asset-tag-taken", message.join("; ")).with_details(json!({ "errors": errors.as_slice() })))
+    Err(ApiError::conflict(ErrorCode::AssetTagTaken, message.join("; ")).with_field_errors(errors))
 }
 
 /// Filters for the donation list.
@@ -394,7 +391,7 @@ pub async fn list_donations(
     let page = page(query.cursor.as_deref(), query.limit)?;
     let donor_id = match (scope, query.donor_id) {
         (DonorScope::Own(own), Some(asked)) if asked != own => {
-            return Err(ApiError::invalid_field("donor_id", "you can only list your own donor's donations"));
+            return Err(ApiError::invalid_field("donor_id", Problem::OwnDonorOnly));
         }
         (DonorScope::Own(own), _) => Some(own),
         (DonorScope::All, asked) => asked,
@@ -403,7 +400,13 @@ pub async fn list_donations(
     let mut conn = state.db().await?;
     let rows = db::donations::list(&mut conn, &filter, page).await?;
     let (rows, next_cursor) = paginate(rows, &page, |d| d.id);
-    Ok(DonationPage { items: rows.into_iter().map(DonationView::from).collect(), next_cursor })
+    let donors: Vec<DonorId> = rows.iter().map(|d| d.donor_id).collect();
+    let names = db::donors::names(&mut conn, &donors).await?;
+    let items = rows
+        .into_iter()
+        .map(|d| DonationView { donor_name: names.get(&d.donor_id).cloned(), ..DonationView::from(d) })
+        .collect();
+    Ok(DonationPage { items, next_cursor })
 }
 
 /// One donation with its machines.
@@ -413,7 +416,7 @@ pub async fn get_donation(state: &AppState, caller: &Principal, id: DonationId) 
     let donation = db::donations::find(&mut conn, id)
         .await?
         .filter(|d| scope.covers(Some(d.donor_id)))
-        .ok_or_else(|| ApiError::not_found("donation"))?;
+        .ok_or_else(|| ApiError::not_found(ErrorCode::DonationNotFound))?;
     let machines = db::machines::of_donation(&mut conn, donation.id).await?;
     Ok(donation_detail(donation, machines, caller))
 }
@@ -445,7 +448,7 @@ pub async fn act_on_donation(
     let mut errors = FieldErrors::new();
     check_optional_text(&mut errors, "note", request.note.as_deref(), 2000);
     if request.action.needs_reason() && request.note.is_none() {
-        errors.add("note", format!("give a reason to {}", request.action));
+        errors.add("note", Problem::ReasonNeeded { action: request.action.to_string() });
     }
     errors.into_result()?;
 
@@ -459,7 +462,7 @@ pub async fn act_on_donation(
             let donation = db::donations::lock(conn, id)
                 .await?
                 .filter(|d| scope.covers(Some(d.donor_id)))
-                .ok_or_else(|| ApiError::not_found("donation"))?;
+                .ok_or_else(|| ApiError::not_found(ErrorCode::DonationNotFound))?;
             let outcome = donation::apply(donation.status, donation.model, request.action, requester)?;
             let note = request.note.as_deref();
             let review = match request.action {
@@ -543,10 +546,10 @@ pub async fn put_usage_policy(
             let donation = db::donations::lock(conn, id)
                 .await?
                 .filter(|d| scope.covers(Some(d.donor_id)))
-                .ok_or_else(|| ApiError::not_found("donation"))?;
+                .ok_or_else(|| ApiError::not_found(ErrorCode::DonationNotFound))?;
             if donation.model != DonationModel::UsageRight {
                 return Err(ApiError::conflict(
-                    "no-usage-policy",
+                    ErrorCode::NoUsagePolicy,
                     format!("a {} donation has no usage policy", donation.model),
                 ));
             }
@@ -554,7 +557,11 @@ pub async fn put_usage_policy(
                 donation.status,
                 DonationStatus::Rejected | DonationStatus::Withdrawn | DonationStatus::Returned
             ) {
-                return Err(ApiError::conflict("donation-closed", format!("the donation is `{}`", donation.status)));
+                return Err(ApiError::conflict(
+                    ErrorCode::DonationClosed,
+                    format!("the donation is `{}`", donation.status),
+                )
+                .with_details(json!({ "status": donation.status })));
             }
             if policy.time_zone.is_none() {
                 policy.time_zone = donation.usage_policy.as_ref().and_then(|p| p.0.time_zone.clone());

@@ -3,6 +3,8 @@
 //! probes, quarantine, enrollment tokens and cutting an agent off. Each function checks who is
 //! calling, validates, and writes with its audit entries in one transaction.
 
+use serde_json::json;
+
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
@@ -25,9 +27,10 @@ use crate::domain::lifecycle::{self, Context};
 use crate::domain::validation::check_text;
 use crate::domain::{
     Arch, DonationId, DonationModel, DonationStatus, DonorId, FieldErrors, Health, Labels, LifecycleState, MachineId,
-    SiteId,
+    Problem, SiteId,
 };
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 use crate::handlers::agent::{IssuedEnrollmentToken, new_enrollment_secret};
 use crate::operations::machines::{AgentCutOff, cut_off_agent, record_lifecycle_changes};
 use crate::probe;
@@ -161,7 +164,7 @@ pub enum MachineSort {
 /// The order and position a list query asks for. A cursor of the hostname order carries the
 /// last row's hostname and id.
 fn machine_order(sort: Option<MachineSort>, cursor: Option<&str>) -> Result<MachineOrder, ApiError> {
-    let bad_cursor = || ApiError::invalid_field("cursor", "is not a cursor this server issued for this order");
+    let bad_cursor = || ApiError::invalid_field("cursor", Problem::NotACursor);
     Ok(match sort.unwrap_or(MachineSort::Registered) {
         MachineSort::Registered => MachineOrder::Registered { after: page::<MachineId>(cursor, None)?.after },
         MachineSort::Hostname => MachineOrder::Hostname {
@@ -204,17 +207,19 @@ pub async fn list_machines(
             Some((key, value)) if check_label_key(key).is_ok() => {
                 labels.insert(key.to_owned(), value.to_owned());
             }
-            _ => errors.add("label", format!("`{pair}` is not `key=value` with a valid key")),
+            _ => errors.add("label", Problem::NotALabelPair { pair: pair.clone() }),
         }
     }
     let search: Vec<String> = query.q.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
-    if query.q.as_deref().is_some_and(|q| q.chars().count() > 200 || q.chars().any(char::is_control)) {
-        errors.add("q", "must be at most 200 characters, with no control characters");
+    match query.q.as_deref() {
+        Some(q) if q.chars().count() > 200 => errors.add("q", Problem::TooLong { max: 200 }),
+        Some(q) if q.chars().any(char::is_control) => errors.add("q", Problem::ControlCharacters),
+        _ => {}
     }
     errors.into_result()?;
     let donor_id = match (scope, query.donor_id) {
         (DonorScope::Own(own), Some(asked)) if asked != own => {
-            return Err(ApiError::invalid_field("donor_id", "you can only list your own donor's machines"));
+            return Err(ApiError::invalid_field("donor_id", Problem::OwnDonorOnly));
         }
         (DonorScope::Own(own), _) => Some(own),
         (DonorScope::All, asked) => asked,
@@ -249,7 +254,7 @@ pub async fn get_machine(state: &AppState, caller: &Principal, id: MachineId) ->
     let machine = db::machines::find(&mut conn, id)
         .await?
         .filter(|m| scope.covers(m.donor_id))
-        .ok_or_else(|| ApiError::not_found("machine"))?;
+        .ok_or_else(|| ApiError::not_found(ErrorCode::MachineNotFound))?;
     let donation = find_donation(&mut conn, machine.donation_id).await?;
     let status = db::machine_status::find(&mut conn, machine.id).await?;
     let mut detail = detail(machine, donation.as_ref(), caller);
@@ -279,7 +284,7 @@ pub async fn edit_labels(
     validate_labels("set", &edit.set, &mut errors);
     for (i, key) in edit.remove.iter().enumerate() {
         if edit.set.contains_key(key) {
-            errors.add(format!("remove[{i}]"), format!("`{key}` is also being set"));
+            errors.add(format!("remove[{i}]"), Problem::AlsoSet { key: key.clone() });
         }
     }
     errors.into_result()?;
@@ -406,15 +411,14 @@ async fn move_machine_now(
             check_text(&mut errors, "location.rack", &location.rack, 32);
             check_text(&mut errors, "location.slot", &location.slot, 32);
             if !lifecycle::requires_location(request.to) {
-                errors
-                    .add("location", format!("is only recorded when a machine becomes `{}`", LifecycleState::Received));
+                errors.add("location", Problem::OnlyWhenReceived);
             }
         }
-        (None, true) => errors.add("location", "is required when a machine is received: give its rack and slot"),
+        (None, true) => errors.add("location", Problem::LocationNeeded),
         (None, false) => {}
     }
     if request.to == LifecycleState::Maintenance && request.note.is_none() {
-        errors.add("note", "say why the machine goes into maintenance");
+        errors.add("note", Problem::MaintenanceReason);
     }
     errors.into_result()?;
 
@@ -426,9 +430,10 @@ async fn move_machine_now(
             let machine = lock_visible(conn, id, scope).await?;
             if let Some(expected) = only_from.filter(|expected| *expected != machine.lifecycle) {
                 return Err(ApiError::conflict(
-                    "invalid-transition",
+                    ErrorCode::InvalidTransition,
                     format!("the machine is `{}`, not `{expected}`", machine.lifecycle),
-                ));
+                )
+                .with_details(json!({ "from": machine.lifecycle, "to": request.to, "expected": expected })));
             }
             let donation = find_donation(conn, machine.donation_id).await?;
             match &donation {
@@ -449,7 +454,7 @@ async fn move_machine_now(
             let updated = db::machines::set_lifecycle(conn, &[machine.id], &change)
                 .await?
                 .pop()
-                .ok_or_else(|| ApiError::not_found("machine"))?;
+                .ok_or_else(|| ApiError::not_found(ErrorCode::MachineNotFound))?;
             let cut_off = record_lifecycle_changes(
                 conn,
                 &actor,
@@ -510,7 +515,7 @@ async fn lock_operable(conn: &mut AsyncPgConnection, id: MachineId, scope: Donor
 pub(crate) fn lab_machine() -> ApiError {
     ApiError::new(
         actix_web::http::StatusCode::FORBIDDEN,
-        "lab-machine",
+        ErrorCode::LabMachine,
         "the machine is in the foundation's lab (given or lent): its donor may read it, only ops act on it",
     )
 }
@@ -520,7 +525,7 @@ async fn lock_visible(conn: &mut AsyncPgConnection, id: MachineId, scope: DonorS
     db::machines::lock(conn, id)
         .await?
         .filter(|m| scope.covers(m.donor_id))
-        .ok_or_else(|| ApiError::not_found("machine"))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::MachineNotFound))
 }
 
 /// The machine's donation; `None` for a machine rented from a cloud.
@@ -575,7 +580,7 @@ pub async fn issue_enrollment_token(
             let machine = lock_operable(conn, id, scope).await?;
             if !is_monitored(machine.lifecycle) {
                 return Err(ApiError::conflict(
-                    "machine-not-enrollable",
+                    ErrorCode::MachineNotEnrollable,
                     format!("the machine is `{}`; agents enroll once it is approved", machine.lifecycle),
                 ));
             }
@@ -612,7 +617,7 @@ pub async fn request_ssh_probe(state: &AppState, caller: &Principal, id: Machine
     conn.transaction::<_, ApiError, _>(async |conn| {
         let machine = lock_operable(conn, id, scope).await?;
         if machine.ssh_host.is_none() {
-            return Err(ApiError::conflict("no-ssh-endpoint", "the machine has no SSH endpoint to probe"));
+            return Err(ApiError::conflict(ErrorCode::NoSshEndpoint, "the machine has no SSH endpoint to probe"));
         }
         if db::machine_status::request_probe(conn, machine.id).await? {
             let entry = Change::new("machine.ssh_probe_requested", "machine", machine.id).donor(machine.donor_id);
@@ -654,7 +659,7 @@ pub async fn lift_quarantine(
         .transaction::<_, ApiError, _>(async |conn| {
             let machine = lock_visible(conn, id, DonorScope::All).await?;
             if machine.quarantined_at.is_none() {
-                return Err(ApiError::conflict("not-quarantined", "the machine is not quarantined"));
+                return Err(ApiError::conflict(ErrorCode::NotQuarantined, "the machine is not quarantined"));
             }
             let lifted = db::machine_status::set_quarantine(conn, machine.id, None).await?;
             db::machine_status::forget_host_key(conn, machine.id).await?;

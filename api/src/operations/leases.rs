@@ -23,8 +23,9 @@ use crate::domain::inventory::validate_labels;
 use crate::domain::lease::latest_end;
 use crate::domain::placement::{Requirements, WaitReason, why_waiting};
 use crate::domain::usage_policy::Purpose;
-use crate::domain::{Arch, FieldErrors, HolderKind, JobId, LeaseId, LeaseState, MachineId};
+use crate::domain::{Arch, FieldErrors, HolderKind, JobId, LeaseId, LeaseState, MachineId, Problem};
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 use crate::scheduler::Answer;
 use crate::state::AppState;
 use crate::views::SshEndpoint;
@@ -234,8 +235,8 @@ fn visible(scope: Scope, lease: &Lease) -> bool {
 
 /// The error a request the scheduler refused gets: 429 for a token over its queue cap (retry
 /// once some of its leases are granted), 422 for the rest.
-pub(crate) fn refusal(code: &'static str, reason: String) -> ApiError {
-    if code == crate::scheduler::QUEUE_CAP_REACHED {
+pub(crate) fn refusal(code: ErrorCode, reason: String) -> ApiError {
+    if code == ErrorCode::QueueCapReached {
         ApiError::too_many(code, reason, QUEUE_CAP_RETRY_SECS)
     } else {
         ApiError::unprocessable(code, reason)
@@ -258,34 +259,34 @@ pub(crate) fn check_demand(
     errors: &mut FieldErrors,
 ) -> i64 {
     if !(0..=4096).contains(&r.min_cores) {
-        errors.add("requirements.min_cores", "must be between 0 and 4096");
+        errors.add("requirements.min_cores", Problem::Between { min: 0, max: 4096 });
     }
     if !(0..=65_536).contains(&r.min_memory_gib) {
-        errors.add("requirements.min_memory_gib", "must be between 0 and 65536");
+        errors.add("requirements.min_memory_gib", Problem::Between { min: 0, max: 65_536 });
     }
     if !(0..=1_048_576).contains(&r.min_disk_gib) {
-        errors.add("requirements.min_disk_gib", "must be between 0 and 1048576");
+        errors.add("requirements.min_disk_gib", Problem::Between { min: 0, max: 1_048_576 });
     }
     validate_labels("requirements.labels", &r.labels, errors);
     if !(0..=100).contains(&priority) {
-        errors.add("priority", "must be between 0 and 100");
+        errors.add("priority", Problem::Between { min: 0, max: 100 });
     }
     if let Err(problem) = grant::check_tenant(tenant) {
         errors.add("tenant", problem);
     } else if let Some(bound) = &holder.grant
         && !grant::covers(&bound.tenants, tenant)
     {
-        errors.add("tenant", format!("this token may act only for {}", bound.tenants.join(", ")));
+        errors.add("tenant", Problem::TenantNotGranted { tenants: bound.tenants.join(", ") });
     }
     if let Some(bound) = &holder.grant
         && (0..=100).contains(&priority)
         && priority > bound.max_priority
     {
-        errors.add("priority", format!("must be at most {} for this token", bound.max_priority));
+        errors.add("priority", Problem::AboveGrant { max: i64::from(bound.max_priority) });
     }
     let wait = max_wait_minutes.unwrap_or(config.lease_default_wait_minutes);
     if !(0..=10_080).contains(&wait) {
-        errors.add("max_wait_minutes", "must be between 0 and 10080 (a week)");
+        errors.add("max_wait_minutes", Problem::Between { min: 0, max: 10_080 });
     }
     wait
 }
@@ -340,7 +341,7 @@ pub(crate) fn new_lease(spec: LeaseSpec<'_>) -> NewLease {
 pub(crate) fn check_lab_wait(config: &Config, minutes: Option<i64>, errors: &mut FieldErrors) -> i64 {
     let minutes = minutes.unwrap_or(config.clouds.default_max_lab_wait_minutes);
     if !(0..=10_080).contains(&minutes) {
-        errors.add("max_lab_wait_minutes", "must be between 0 and 10080 (a week)");
+        errors.add("max_lab_wait_minutes", Problem::Between { min: 0, max: 10_080 });
     }
     minutes
 }
@@ -369,16 +370,13 @@ fn validate(
         &mut errors,
     );
     if !(1..=config.lease_max_minutes).contains(&request.duration_minutes) {
-        errors.add(
-            "duration_minutes",
-            format!("must be between 1 and {} (the platform's limit)", config.lease_max_minutes),
-        );
+        errors.add("duration_minutes", Problem::Between { min: 1, max: config.lease_max_minutes });
     }
     let lab_wait = check_lab_wait(config, request.max_lab_wait_minutes, &mut errors);
     if let Some(key) = &request.ssh_public_key {
         let one_line = !key.trim().contains('\n');
         if !one_line || key.len() > 16_384 || russh::keys::PublicKey::from_openssh(key.trim()).is_err() {
-            errors.add("ssh_public_key", "must be one OpenSSH public key line, such as `ssh-ed25519 AAAA... you@host`");
+            errors.add("ssh_public_key", Problem::NotAnSshKey);
         }
     }
     errors.into_result()?;
@@ -429,6 +427,16 @@ async fn view_on(conn: &mut AsyncPgConnection, lease: Lease) -> Result<LeaseView
         None if lease.state == LeaseState::Queued => db::clouds::waited_for_by(conn, lease.id).await?,
         None => None,
     };
+    Ok(view_of(lease, connection, queue, instance))
+}
+
+/// A lease as the API shows it, from what was read about it.
+fn view_of(
+    lease: Lease,
+    connection: Option<SshEndpoint>,
+    queue: Option<QueueStanding>,
+    instance: Option<db::clouds::CloudInstance>,
+) -> LeaseView {
     let cloud = instance.map(|i| LeaseCloud {
         cost: lease_cost(&i, lease.granted_at, lease.ended_at),
         instance_id: i.id,
@@ -442,14 +450,18 @@ async fn view_on(conn: &mut AsyncPgConnection, lease: Lease) -> Result<LeaseView
     });
     let mut view = LeaseView::new(lease, connection, queue);
     view.cloud = cloud;
-    Ok(view)
+    view
 }
 
 /// Where a queued lease stands (for a job, its current attempt's lease).
 pub(crate) async fn queue_standing(conn: &mut AsyncPgConnection, lease: &Lease) -> Result<QueueStanding, ApiError> {
     let (ahead, ends) = db::leases::queue_standing(conn, lease).await?;
     let estimated_start_at = usize::try_from(ahead).ok().and_then(|n| ends.get(n).copied());
-    Ok(QueueStanding { position: ahead + 1, estimated_start_at, cloud_note: lease.cloud_note.clone() })
+    Ok(standing(lease, ahead, estimated_start_at))
+}
+
+fn standing(lease: &Lease, ahead: i64, estimated_start_at: Option<DateTime<Utc>>) -> QueueStanding {
+    QueueStanding { position: ahead + 1, estimated_start_at, cloud_note: lease.cloud_note.clone() }
 }
 
 /// Waits up to `wait` for a queued lease to leave the queue, and returns it as it then stands.
@@ -462,7 +474,9 @@ async fn wait_while_queued(state: &AppState, mut lease: Lease, wait: Option<u64>
         let next = until.min(tokio::time::Instant::now() + StdDuration::from_millis(500));
         let _ = tokio::time::timeout_at(next, rounds.changed()).await;
         let mut conn = state.db().await?;
-        lease = db::leases::find(&mut conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))?;
+        lease = db::leases::find(&mut conn, lease.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(ErrorCode::LeaseNotFound))?;
     }
     Ok(lease)
 }
@@ -533,7 +547,10 @@ pub async fn list_leases(state: &AppState, caller: &Principal, query: LeaseListQ
 async fn find_visible(state: &AppState, caller: &Principal, id: LeaseId) -> Result<Lease, ApiError> {
     let scope = scope(caller)?;
     let mut conn = state.db().await?;
-    db::leases::find(&mut conn, id).await?.filter(|l| visible(scope, l)).ok_or_else(|| ApiError::not_found("lease"))
+    db::leases::find(&mut conn, id)
+        .await?
+        .filter(|l| visible(scope, l))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::LeaseNotFound))
 }
 
 /// One lease; with `wait`, a queued lease is answered once granted or when the wait is over.
@@ -550,11 +567,12 @@ pub async fn get_lease(
 
 /// The holder, or ops. (A service account that is not the holder never gets this far: the
 /// lease or job is hidden from it.)
-pub(crate) fn may_change(caller: &Principal, holder_id: uuid::Uuid, what: &str) -> Result<(), ApiError> {
+pub(crate) fn may_change(caller: &Principal, holder_id: uuid::Uuid, missing: ErrorCode) -> Result<(), ApiError> {
+    let what = missing.as_str().trim_end_matches("-not-found");
     match caller {
         Principal::Admin { .. } => Ok(()),
         Principal::Service { token_id, .. } if token_id.0 == holder_id => Ok(()),
-        Principal::Service { .. } => Err(ApiError::not_found(what)),
+        Principal::Service { .. } => Err(ApiError::not_found(missing)),
         _ => Err(ApiError::forbidden(format!(
             "only the {what}'s holder or ops may change it; you are `{}`",
             caller.role()
@@ -583,16 +601,17 @@ pub async fn extend_lease(
     if !(1..=state.config.lease_max_minutes).contains(&minutes) {
         return Err(ApiError::invalid_field(
             "minutes",
-            format!("must be between 1 and {}", state.config.lease_max_minutes),
+            Problem::Between { min: 1, max: state.config.lease_max_minutes },
         ));
     }
     let lease = find_visible(state, caller, id).await?;
-    may_change(caller, lease.holder_id, "lease")?;
+    may_change(caller, lease.holder_id, ErrorCode::LeaseNotFound)?;
     let platform_max = Duration::minutes(state.config.lease_max_minutes);
     let mut conn = state.db().await?;
     let extended = conn
         .transaction::<_, ApiError, _>(async move |conn| {
-            let lease = db::leases::lock(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))?;
+            let lease =
+                db::leases::lock(conn, lease.id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::LeaseNotFound))?;
             ensure_state(&lease, &[LeaseState::Granted])?;
             let (Some(granted_at), Some(expires_at)) = (lease.granted_at, lease.expires_at) else {
                 return Err(ApiError::internal(anyhow::anyhow!("granted lease {} without times", lease.id)));
@@ -608,7 +627,7 @@ pub async fn extend_lease(
             let wanted = expires_at + Duration::minutes(minutes);
             if wanted > latest {
                 return Err(ApiError::conflict(
-                    "lease-limit",
+                    ErrorCode::LeaseLimit,
                     format!(
                         "the lease may run until {} at the latest (the donor's and the platform's limits)",
                         latest.to_rfc3339()
@@ -628,12 +647,13 @@ pub async fn extend_lease(
 /// Its holder or ops.
 pub async fn release_lease(state: &AppState, caller: &Principal, id: LeaseId) -> Result<LeaseView, ApiError> {
     let lease = find_visible(state, caller, id).await?;
-    may_change(caller, lease.holder_id, "lease")?;
+    may_change(caller, lease.holder_id, ErrorCode::LeaseNotFound)?;
     let by = caller.actor().name;
     let mut conn = state.db().await?;
     let ended = conn
         .transaction::<_, ApiError, _>(async move |conn| {
-            let lease = db::leases::lock(conn, lease.id).await?.ok_or_else(|| ApiError::not_found("lease"))?;
+            let lease =
+                db::leases::lock(conn, lease.id).await?.ok_or_else(|| ApiError::not_found(ErrorCode::LeaseNotFound))?;
             ensure_state(&lease, &[LeaseState::Queued, LeaseState::Granted])?;
             let (to, reason) = match lease.state {
                 LeaseState::Queued => (LeaseState::Cancelled, format!("withdrawn by {by}")),
@@ -653,7 +673,10 @@ pub fn ensure_state(lease: &Lease, want: &[LeaseState]) -> Result<(), ApiError> 
     if want.contains(&lease.state) {
         return Ok(());
     }
-    Err(ApiError::conflict("lease-state", format!("the lease is {}; this needs it {}", lease.state, join(want))))
+    Err(ApiError::conflict(
+        ErrorCode::LeaseState,
+        format!("the lease is {}; this needs it {}", lease.state, join(want)),
+    ))
 }
 
 fn join(states: &[LeaseState]) -> String {
@@ -702,11 +725,20 @@ pub async fn waiting(state: &AppState, caller: &Principal, limit: i64) -> Result
     for h in db::leases::held(&mut conn).await? {
         *held.entry(h.donation_id).or_default() += h.count;
     }
+    // Each lease's place and estimate, and the instance it waits for, read for all at once.
+    let ids: Vec<LeaseId> = queued.iter().map(|l| l.id).collect();
+    let standings = db::leases::queue_standings(&mut conn, &ids).await?;
+    let mut instances = db::clouds::waited_for_by_each(&mut conn, &ids).await?;
     let now = Utc::now();
     let mut out = Vec::with_capacity(queued.len());
     for lease in queued {
         let why = why_waiting(&lease.demand(), &inventory, &free, |d| held.get(&d).copied().unwrap_or(0), now);
-        out.push(WaitingLease { lease: view_on(&mut conn, lease).await?, why });
+        let queue = standings.get(&lease.id).map(|&(ahead, at)| standing(&lease, ahead, at));
+        let instance = match lease.cloud_instance_id {
+            Some(id) => db::clouds::find_instance(&mut conn, id).await?,
+            None => instances.remove(&lease.id),
+        };
+        out.push(WaitingLease { lease: view_of(lease, None, queue, instance), why });
     }
     Ok(out)
 }

@@ -11,8 +11,9 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::db;
 use crate::domain::cloud::{InstanceState, cost_within, month_start};
-use crate::domain::{DonorId, FieldErrors};
+use crate::domain::{DonorId, FieldErrors, Problem};
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 use crate::state::AppState;
 
 /// How many days of utilisation the overview shows.
@@ -324,22 +325,22 @@ pub async fn donor_usage(
 ) -> Result<UsageReport, ApiError> {
     let scope = caller.admin_or_donor()?;
     if !scope.covers(Some(donor)) {
-        return Err(ApiError::not_found("donor"));
+        return Err(ApiError::not_found(ErrorCode::DonorNotFound));
     }
     let now = Utc::now();
     let first = match query.month.as_deref() {
         None => NaiveDate::from_ymd_opt(now.year(), now.month(), 1),
         Some(text) => NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok().filter(|_| text.len() == 7),
     }
-    .ok_or_else(|| FieldErrors::one("month", "must be a month written YYYY-MM"))?;
+    .ok_or_else(|| FieldErrors::one("month", Problem::NotAMonth))?;
     let next = first + chrono::Months::new(1);
     let from = Utc.from_utc_datetime(&first.and_hms_opt(0, 0, 0).unwrap_or_default());
     let to = Utc.from_utc_datetime(&next.and_hms_opt(0, 0, 0).unwrap_or_default()).min(now);
     if from > now {
-        return Err(ApiError::invalid_field("month", "is still to come"));
+        return Err(ApiError::invalid_field("month", Problem::MonthToCome));
     }
     let mut conn = state.db().await?;
-    db::donors::find(&mut conn, donor).await?.ok_or_else(|| ApiError::not_found("donor"))?;
+    db::donors::find(&mut conn, donor).await?.ok_or_else(|| ApiError::not_found(ErrorCode::DonorNotFound))?;
     let rows = db::overview::donor_usage(&mut conn, donor, from, to).await?;
     let by_arch: Vec<ArchUsage> = rows
         .into_iter()

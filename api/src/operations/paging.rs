@@ -6,6 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
 use crate::db::Page;
+use crate::domain::Problem;
 use crate::error::ApiError;
 
 /// The query of a list that only pages.
@@ -88,12 +89,10 @@ impl CursorKey for i64 {
 pub fn page<K: CursorKey>(cursor: Option<&str>, limit: Option<i64>) -> Result<Page<K>, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", format!("must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::invalid_field("limit", Problem::Between { min: 1, max: MAX_LIMIT }));
     }
     let after = cursor
-        .map(|text| {
-            K::decode(text).ok_or_else(|| ApiError::invalid_field("cursor", "is not a cursor this server issued"))
-        })
+        .map(|text| K::decode(text).ok_or_else(|| ApiError::invalid_field("cursor", Problem::NotACursor)))
         .transpose()?;
     Ok(Page { after, limit })
 }

@@ -15,8 +15,10 @@ use crate::config::auth::AuthConfig;
 use crate::db;
 use crate::db::audit::{self, Actor, Change};
 use crate::domain::FieldErrors;
+use crate::domain::Problem;
 use crate::domain::validation::check_text;
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 use crate::handlers::users::UserView;
 use crate::state::AppState;
 
@@ -45,7 +47,7 @@ pub async fn log_in(state: &AppState, address: &str, request: LoginRequest) -> R
     let mut errors = FieldErrors::new();
     check_text(&mut errors, "email", &request.email, 254);
     if request.password.len() > 1024 {
-        errors.add("password", "must be at most 1024 bytes");
+        errors.add("password", Problem::TooManyBytes { max: 1024 });
     }
     errors.into_result()?;
     let email = request.email.trim().to_lowercase();
@@ -54,7 +56,7 @@ pub async fn log_in(state: &AppState, address: &str, request: LoginRequest) -> R
     let mut conn = state.db().await?;
     if let Some(wait) = db::login_failures::blocked_for(&mut conn, &throttle.limits, throttle.window_secs).await? {
         return Err(ApiError::too_many(
-            "too-many-login-failures",
+            ErrorCode::TooManyLoginFailures,
             "too many failed logins for this account or from this address; try again later",
             wait.unsigned_abs(),
         ));
@@ -83,11 +85,11 @@ pub async fn log_in(state: &AppState, address: &str, request: LoginRequest) -> R
 }
 
 fn invalid_credentials() -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "invalid-credentials", "wrong email or password")
+    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidCredentials, "wrong email or password")
 }
 
 fn busy() -> ApiError {
-    ApiError::unavailable("login-busy", "too many logins are being checked at once; try again in a moment")
+    ApiError::unavailable(ErrorCode::LoginBusy, "too many logins are being checked at once; try again in a moment")
         .retry_after(1)
 }
 
@@ -168,7 +170,7 @@ pub async fn change_password(
     let user_id = caller.user_id().ok_or_else(|| ApiError::forbidden("only a user's session can change a password"))?;
     let mut errors = FieldErrors::new();
     if request.current_password.len() > 1024 {
-        errors.add("current_password", "must be at most 1024 bytes");
+        errors.add("current_password", Problem::TooManyBytes { max: 1024 });
     }
     check_new_password(&mut errors, "new_password", &request.new_password);
     errors.into_result()?;
@@ -180,7 +182,7 @@ pub async fn change_password(
     let throttle = Throttle::new(&state.config.auth, &email, address);
     if let Some(wait) = db::login_failures::blocked_for(&mut conn, &throttle.limits, throttle.window_secs).await? {
         return Err(ApiError::too_many(
-            "too-many-login-failures",
+            ErrorCode::TooManyLoginFailures,
             "too many failed password checks; try again later",
             wait.unsigned_abs(),
         ));
@@ -220,8 +222,8 @@ pub async fn change_password(
 /// What a password being set must be.
 pub fn check_new_password(errors: &mut FieldErrors, field: &str, password: &str) {
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        errors.add(field, format!("must be at least {MIN_PASSWORD_CHARS} characters"));
+        errors.add(field, Problem::TooShort { min: MIN_PASSWORD_CHARS as u64 });
     } else if password.len() > 1024 {
-        errors.add(field, "must be at most 1024 bytes");
+        errors.add(field, Problem::TooManyBytes { max: 1024 });
     }
 }

@@ -17,6 +17,7 @@ use crate::domain::cloud::{self as rules, InstanceState, Limits, NoCloud, Placem
 use crate::domain::placement::{self, Candidate, Demand};
 use crate::domain::{Arch, LeaseId};
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// What the burst phase did.
 pub(super) struct Burst {
@@ -164,7 +165,7 @@ pub(super) async fn run(
                 Err(NoCloud::Budget(reason))
                     if lease.placement == Placement::Cloud && fresh_ids.contains(&lease.id) =>
                 {
-                    refused.insert(lease.id, Refusal { code: "cloud-budget-exhausted", reason });
+                    refused.insert(lease.id, Refusal { code: ErrorCode::CloudBudgetExhausted, reason });
                     continue;
                 }
                 Err(no) => Some(match lease.placement {

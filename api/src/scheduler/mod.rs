@@ -45,8 +45,9 @@ use crate::db::leases::{Connection, Grant, Lease, NewLease};
 use crate::domain::cloud::Placement;
 use crate::domain::placement::{self, Candidate, Holdings};
 use crate::domain::queue::Waiting;
-use crate::domain::{LeaseId, MachineId};
+use crate::domain::{LeaseId, MachineId, Problem};
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// The most requests one round takes in; the rest wait for the next.
 const MAX_BATCH: usize = 2_000;
@@ -64,7 +65,7 @@ pub enum Answer {
     Replayed(Lease),
     /// Nothing could ever take it (`unsatisfiable`), or only a cloud could and the tenant's
     /// budget does not allow it (`cloud-budget-exhausted`); nothing was written.
-    Refused { code: &'static str, reason: String },
+    Refused { code: ErrorCode, reason: String },
 }
 
 struct Request {
@@ -95,7 +96,7 @@ impl Scheduler {
         let (reply, answer) = oneshot::channel();
         self.intake.try_send(Request { lease, reply }).map_err(|_| {
             ApiError::unavailable(
-                "busy",
+                ErrorCode::Busy,
                 "the scheduler has too many requests waiting; retry shortly with the same Idempotency-Key",
             )
         })?;
@@ -154,7 +155,7 @@ async fn run(
                 }
             }
             Err(e) => {
-                tracing::warn!(code = e.code(), "placement round failed: {e}");
+                tracing::warn!(code = %e.code(), "placement round failed: {e}");
                 for reply in replies {
                     let _ = reply.send(Err(e.to_shared()));
                 }
@@ -228,7 +229,7 @@ pub async fn round_with(
                 // Another replica wrote the same key between the look-up and the insert: its
                 // round committed first, so a retry finds that lease.
                 return Err(ApiError::conflict(
-                    "idempotency-race",
+                    ErrorCode::IdempotencyRace,
                     "a request with this Idempotency-Key was being handled by another replica; retry it",
                 ));
             }
@@ -421,7 +422,7 @@ async fn judge(
     for lease in unplaced {
         let demand = lease.demand();
         if let Some(reason) = burst::never(config, inventory, &demand) {
-            refused.insert(lease.id, Refusal { code: "unsatisfiable", reason });
+            refused.insert(lease.id, Refusal { code: ErrorCode::Unsatisfiable, reason });
         }
     }
     Ok(refused)
@@ -456,7 +457,7 @@ async fn cap_queues(
                 let reason = format!(
                     "this service token may have at most {cap} leases queued at once; retry once some are granted"
                 );
-                capped.insert(lease.id, Refusal { code: QUEUE_CAP_REACHED, reason });
+                capped.insert(lease.id, Refusal { code: ErrorCode::QueueCapReached, reason });
             } else {
                 *queued += 1;
             }
@@ -465,13 +466,10 @@ async fn cap_queues(
     Ok(capped)
 }
 
-/// The refusal code of a request over its token's queue cap (answered 429).
-pub const QUEUE_CAP_REACHED: &str = "queue-cap-reached";
-
 /// Why a new request is refused.
 #[derive(Debug, Clone)]
 pub(crate) struct Refusal {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub reason: String,
 }
 
@@ -522,7 +520,7 @@ async fn answer(
             db::leases::find(conn, lease.id)
                 .await?
                 .map(|l| Written::Lease(Box::new(l)))
-                .ok_or_else(|| ApiError::not_found("lease"))
+                .ok_or_else(|| ApiError::not_found(ErrorCode::LeaseNotFound))
         });
     }
     Ok(slots
@@ -603,7 +601,7 @@ fn shared(written: &Result<Written, ApiError>) -> Result<Written, ApiError> {
 }
 
 fn key_reused() -> ApiError {
-    ApiError::invalid_field("Idempotency-Key", "was already used for a different request; use a new key")
+    ApiError::invalid_field("Idempotency-Key", Problem::KeyReused)
 }
 
 fn waiting_of(lease: &Lease) -> Waiting {

@@ -8,8 +8,9 @@ use askama::Template;
 
 use super::machines::non_empty;
 use super::{Chrome, Refused, UiError, Viewer, answer, ok, redirect};
-use crate::domain::{DonationAction, DonationId, DonationStatus, LifecycleState, MachineId};
+use crate::domain::{DonationAction, DonationId, DonationStatus, LifecycleState, MachineId, Problem};
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 use crate::operations::donations::{self, DonationActionRequest, DonationDetail, DonationListQuery, DonationPage};
 use crate::operations::inventory::{self, TransitionRequest};
 use crate::state::AppState;
@@ -123,7 +124,7 @@ pub async fn act(
                     // The machine must be this donation's: the page offers no other.
                     let d = donations::get_donation(&state, &viewer.principal, id).await?;
                     if !d.machines.iter().any(|m| m.id.0 == machine) {
-                        return Err(ApiError::not_found("machine").into());
+                        return Err(ApiError::not_found(ErrorCode::MachineNotFound).into());
                     }
                     let location =
                         Location { rack: field("rack").unwrap_or_default(), slot: field("slot").unwrap_or_default() };
@@ -136,7 +137,7 @@ pub async fn act(
                         .await
                         .map(drop)
                 }
-                Err(_) => Err(ApiError::invalid_field("machine_id", "is not a machine id")),
+                Err(_) => Err(ApiError::invalid_field("machine_id", Problem::NotAnId)),
             },
             (Some(action), _) => match action.parse::<DonationAction>() {
                 Ok(action) => donations::act_on_donation(
@@ -147,13 +148,13 @@ pub async fn act(
                 )
                 .await
                 .map(drop),
-                Err(_) => Err(ApiError::invalid_field("action", "is not an action on a donation")),
+                Err(_) => Err(ApiError::invalid_field("action", Problem::NotAnAction)),
             },
-            _ => Err(ApiError::invalid_field("action", "is required")),
+            _ => Err(ApiError::invalid_field("action", Problem::Required)),
         };
         match result {
             Ok(()) => Ok(redirect(&format!("/ui/donations/{id}"))),
-            Err(e) => donation_page(&state, &viewer, id, Refused::of(e)?).await,
+            Err(e) => donation_page(&state, &viewer, id, Refused::of(e, &viewer.ui.tr)?).await,
         }
     };
     answer(&viewer.ui, done.await)

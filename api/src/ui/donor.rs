@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{Chrome, Refused, UiError, Viewer, answer, ok, redirect, render};
 use crate::auth::Principal;
-use crate::domain::{Arch, DonationModel, SiteKind};
+use crate::domain::{Arch, DonationModel, Problem, SiteKind};
 use crate::error::ApiError;
 use crate::handlers::sites::{SiteListQuery, SiteView, visible_sites};
 use crate::operations::donations::{self, DonationForm};
@@ -168,7 +168,7 @@ pub async fn register(state: web::Data<AppState>, viewer: Viewer, body: web::Byt
         };
         match submitted {
             Ok(detail) => Ok(redirect(&format!("/ui/donations/{}", detail.donation.id))),
-            Err(e) => form_page(&state, &viewer, values, rows, windows, Refused::of_form(e)?).await,
+            Err(e) => form_page(&state, &viewer, values, rows, windows, Refused::of_form(e, &viewer.ui.tr)?).await,
         }
     };
     answer(&viewer.ui, done.await)
@@ -303,7 +303,7 @@ fn usage_donor(viewer: &Viewer, req: &HttpRequest) -> Result<crate::domain::Dono
                 .find(|(k, _)| k == "donor_id")
                 .and_then(|(_, v)| v.parse::<uuid::Uuid>().ok())
                 .map(crate::domain::DonorId)
-                .ok_or_else(|| ApiError::invalid_field("donor_id", "name the donor whose usage to show"))
+                .ok_or_else(|| ApiError::invalid_field("donor_id", Problem::Required))
         }
     }
 }
@@ -318,10 +318,10 @@ pub async fn usage(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest)
         let (report, error) = match donor {
             Ok(donor) => match overview::donor_usage(&state, &viewer.principal, donor, query).await {
                 Ok(report) => (Some(report), None),
-                Err(e) if e.status() == StatusCode::UNPROCESSABLE_ENTITY => (None, Some(e.message().to_owned())),
+                Err(e) if e.status() == StatusCode::UNPROCESSABLE_ENTITY => (None, Some(viewer.ui.tr.error(&e))),
                 Err(e) => return Err(e.into()),
             },
-            Err(e) => (None, Some(e.message().to_owned())),
+            Err(e) => (None, Some(viewer.ui.tr.error(&e))),
         };
         Ok(ok(&UsagePage { c: Chrome::new(&viewer, "usage"), report, month, error, donor_id }))
     };

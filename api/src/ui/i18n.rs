@@ -1,86 +1,13 @@
-//! The pages' two languages: Fluent files compiled in (`api/locales/{en-US,zh-CN}/*.ftl`),
-//! chosen per request (the `fy_lang` cookie, else `Accept-Language`), and times shown in the
+//! The pages' two languages (the texts are in [`crate::locale`]), chosen per request (the `fy_lang` cookie, else `Accept-Language`), and times shown in the
 //! viewer's time zone (the `fy_tz` cookie the pages' script sets; UTC without it).
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, Utc};
-use fluent_templates::fluent_bundle::FluentValue;
-use fluent_templates::{LanguageIdentifier, Loader};
 
-fluent_templates::static_loader! {
-    static LOCALES = {
-        locales: "./locales",
-        fallback_language: "en-US",
-        // Unicode isolation marks around arguments would show up in text copied from a page.
-        customise: |bundle| bundle.set_use_isolating(false),
-    };
-}
-
-/// The languages of the pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lang {
-    En,
-    ZhCn,
-}
-
-static EN: LazyLock<LanguageIdentifier> = LazyLock::new(|| "en-US".parse().expect("a language tag"));
-static ZH: LazyLock<LanguageIdentifier> = LazyLock::new(|| "zh-CN".parse().expect("a language tag"));
-
-impl Lang {
-    pub const ALL: [Lang; 2] = [Lang::En, Lang::ZhCn];
-
-    /// The tag in `<html lang>`, the cookie and the switcher.
-    pub fn tag(self) -> &'static str {
-        match self {
-            Lang::En => "en",
-            Lang::ZhCn => "zh-CN",
-        }
-    }
-
-    /// The language's own name, for the switcher.
-    pub fn name(self) -> &'static str {
-        match self {
-            Lang::En => "English",
-            Lang::ZhCn => "简体中文",
-        }
-    }
-
-    pub fn from_tag(tag: &str) -> Option<Lang> {
-        let tag = tag.trim().to_ascii_lowercase();
-        if tag == "en" || tag.starts_with("en-") {
-            Some(Lang::En)
-        } else if tag == "zh" || tag.starts_with("zh-") {
-            // Simplified Chinese is the only Chinese the pages have.
-            Some(Lang::ZhCn)
-        } else {
-            None
-        }
-    }
-
-    /// The first language of an `Accept-Language` header the pages have (weights honoured).
-    pub fn from_accept_language(header: &str) -> Option<Lang> {
-        let mut ranked: Vec<(f32, Lang)> = header
-            .split(',')
-            .filter_map(|part| {
-                let mut pieces = part.split(';');
-                let lang = Lang::from_tag(pieces.next()?)?;
-                let q =
-                    pieces.find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok())).unwrap_or(1.0);
-                Some((q, lang))
-            })
-            .collect();
-        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-        ranked.first().map(|(_, lang)| *lang)
-    }
-
-    fn id(self) -> &'static LanguageIdentifier {
-        match self {
-            Lang::En => &EN,
-            Lang::ZhCn => &ZH,
-        }
-    }
-}
+use crate::domain::Problem;
+use crate::error::ApiError;
+use crate::error_code::ErrorCode;
+pub use crate::locale::Lang;
+use crate::locale::{self, Args};
 
 /// Translating for one request: texts by key, words for the API's values, and times in the
 /// viewer's zone.
@@ -93,13 +20,13 @@ pub struct Tr {
 impl Tr {
     /// The text of `key`.
     pub fn t(&self, key: &str) -> String {
-        LOCALES.lookup(self.lang.id(), key)
+        locale::text(self.lang, key)
     }
 
     /// The text of `key` with one argument, `$n` in the Fluent text.
     pub fn n(&self, key: &str, n: i64) -> String {
-        let args = std::collections::HashMap::from([(std::borrow::Cow::Borrowed("n"), FluentValue::from(n))]);
-        LOCALES.lookup_with_args(self.lang.id(), key, &args)
+        let args = Args::from([("n".into(), n.into())]);
+        locale::text_with(self.lang, key, &args)
     }
 
     /// A value of the API (`ready`, `riscv64`, `usage_right`) in words: the key
@@ -107,7 +34,47 @@ impl Tr {
     pub fn word(&self, kind: &str, value: impl std::fmt::Display) -> String {
         let value = value.to_string();
         let key = format!("{kind}-{}", value.replace('_', "-"));
-        if LOCALES.try_lookup(self.lang.id(), &key).is_some() { self.t(&key) } else { value }
+        if locale::has(self.lang, &key) { self.t(&key) } else { value }
+    }
+
+    /// A field's problem in the viewer's language.
+    pub fn problem(&self, problem: &Problem) -> String {
+        problem.text(self.lang)
+    }
+
+    /// A refusal of the API in the viewer's language: the problem of each field it names, or
+    /// else the text of its code with its details as arguments (states, statuses and actions
+    /// in words).
+    pub fn error(&self, error: &ApiError) -> String {
+        if !error.field_errors().is_empty() {
+            let fields = error.field_errors().iter().map(|e| format!("{}: {}", e.field, self.problem(&e.problem)));
+            return fields.collect::<Vec<_>>().join("; ");
+        }
+        let mut args = Args::new();
+        for (name, value) in error.details().and_then(|d| d.as_object()).into_iter().flatten() {
+            let kind = match (error.code(), name.as_str()) {
+                (_, "from" | "to") | (ErrorCode::InvalidTransition, "allowed") => Some("lifecycle"),
+                (_, "status") => Some("status"),
+                (_, "model") => Some("model"),
+                (_, "action") | (ErrorCode::InvalidAction, "allowed") => Some("action"),
+                _ => None,
+            };
+            let text = |v: &serde_json::Value| match (kind, v.as_str()) {
+                (Some(kind), Some(word)) => self.word(kind, word),
+                (_, Some(text)) => text.to_owned(),
+                _ => v.to_string(),
+            };
+            let value = match value {
+                serde_json::Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
+                serde_json::Value::Number(n) => {
+                    args.insert(name.clone().into(), n.as_i64().unwrap_or_default().into());
+                    continue;
+                }
+                other => text(other),
+            };
+            args.insert(name.clone().into(), value.into());
+        }
+        locale::text_with(self.lang, &format!("code-{}", error.code()), &args)
     }
 
     /// A time in the viewer's zone, to the minute, with the zone's abbreviation.

@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 
 use super::{Chrome, Refused, UiError, Viewer, answer, ok, redirect};
-use crate::domain::{Arch, DonationModel, Health, LifecycleState, MachineId};
+use crate::domain::{Arch, DonationModel, Health, LifecycleState, MachineId, Problem};
 use crate::error::ApiError;
 use crate::handlers::sites::{SiteListQuery, SiteView, visible_sites};
 use crate::operations::audit::{self, AuditPage, AuditQuery};
@@ -92,7 +92,7 @@ pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) 
         let (page, error) = match inventory::list_machines(&state, &viewer.principal, query.clone()).await {
             Ok(page) => (page, None),
             Err(e) if e.status().is_client_error() => {
-                (MachinePage { items: Vec::new(), next_cursor: None }, Some(e.message().to_owned()))
+                (MachinePage { items: Vec::new(), next_cursor: None }, Some(viewer.ui.tr.error(&e)))
             }
             Err(e) => return Err(e.into()),
         };
@@ -315,7 +315,7 @@ pub async fn act(
                 let to = match field("to").as_deref().map(str::parse::<LifecycleState>) {
                     Some(Ok(to)) => to,
                     _ => {
-                        let refused = Refused::of(ApiError::invalid_field("to", viewer.ui.tr.t("machine-pick-state")))?;
+                        let refused = Refused::of(ApiError::invalid_field("to", Problem::StateNeeded), &viewer.ui.tr)?;
                         return machine_page(&state, &viewer, id, refused).await;
                     }
                 };
@@ -332,11 +332,11 @@ pub async fn act(
                 .await
                 .map(drop)
             }
-            _ => Err(ApiError::invalid_field("action", "is not an action of this page")),
+            _ => Err(ApiError::invalid_field("action", Problem::NotAnAction)),
         };
         match result {
             Ok(()) => Ok(redirect(&format!("/ui/machines/{id}"))),
-            Err(e) => machine_page(&state, &viewer, id, Refused::of(e)?).await,
+            Err(e) => machine_page(&state, &viewer, id, Refused::of(e, &viewer.ui.tr)?).await,
         }
     };
     answer(&viewer.ui, done.await)

@@ -24,6 +24,7 @@ use askama::Template;
 pub use self::i18n::{Lang, Tr};
 pub use self::session::{Ui, Viewer};
 use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// Where the pages are.
 pub mod urls {
@@ -66,7 +67,7 @@ async fn home(viewer: Viewer) -> HttpResponse {
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    UiError::Api(ApiError::not_found("page")).page(&Ui::of(&req))
+    UiError::Api(ApiError::not_found(ErrorCode::PageNotFound)).page(&Ui::of(&req))
 }
 
 pub fn redirect(to: &str) -> HttpResponse {
@@ -232,7 +233,7 @@ impl UiError {
                 let message = match error.status() {
                     StatusCode::NOT_FOUND => tr.t("error-not-found"),
                     s if s.is_server_error() => tr.t("error-internal"),
-                    _ => error.message().to_owned(),
+                    _ => tr.error(error),
                 };
                 if error.status().is_server_error() {
                     let _ = error.to_shared();
@@ -251,11 +252,29 @@ impl std::fmt::Display for UiError {
     }
 }
 
-/// Errors raised by extractors (the session) render as pages too; the language is read again
-/// from the request, which `error_response` does not see, so they speak English.
-impl ResponseError for UiError {
+/// Why the session extractor refused a request, with the request's language and zone (an
+/// actix error renders without the request), so it is shown in the viewer's language too.
+#[derive(Debug)]
+pub struct SessionRefused {
+    error: UiError,
+    ui: Ui,
+}
+
+impl UiError {
+    pub fn seen_by(self, ui: &Ui) -> SessionRefused {
+        SessionRefused { error: self, ui: ui.clone() }
+    }
+}
+
+impl std::fmt::Display for SessionRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl ResponseError for SessionRefused {
     fn status_code(&self) -> StatusCode {
-        match self {
+        match &self.error {
             UiError::SignIn { .. } => StatusCode::SEE_OTHER,
             UiError::Csrf => StatusCode::FORBIDDEN,
             UiError::BadForm => StatusCode::BAD_REQUEST,
@@ -264,8 +283,7 @@ impl ResponseError for UiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let ui = Ui { tr: Tr { lang: Lang::En, tz: chrono_tz::UTC }, path: urls::HOME.to_owned() };
-        self.page(&ui)
+        self.error.page(&self.ui)
     }
 }
 
@@ -275,6 +293,7 @@ impl ResponseError for UiError {
 pub struct Refused {
     pub status: Option<StatusCode>,
     pub message: Option<String>,
+    /// The fields the refusal names, each with its problem in the viewer's language.
     pub fields: Vec<(String, String)>,
 }
 
@@ -284,19 +303,19 @@ impl Refused {
     }
 
     /// `error`, if the page should show it again (a 4xx but 404), or back as an error page.
-    pub fn of(error: ApiError) -> Result<Refused, UiError> {
-        if error.status() == StatusCode::NOT_FOUND { Err(error.into()) } else { Refused::of_form(error) }
+    pub fn of(error: ApiError, tr: &Tr) -> Result<Refused, UiError> {
+        if error.status() == StatusCode::NOT_FOUND { Err(error.into()) } else { Refused::of_form(error, tr) }
     }
 
     /// `error` shown again on a form: any 4xx (a form's 404 names something typed in it).
-    pub fn of_form(error: ApiError) -> Result<Refused, UiError> {
+    pub fn of_form(error: ApiError, tr: &Tr) -> Result<Refused, UiError> {
         if !error.status().is_client_error() {
             return Err(error.into());
         }
         Ok(Refused {
             status: Some(error.status()),
-            message: Some(error.message().to_owned()),
-            fields: error.field_errors(),
+            message: Some(tr.error(&error)),
+            fields: error.field_errors().iter().map(|e| (e.field.clone(), tr.problem(&e.problem))).collect(),
         })
     }
 

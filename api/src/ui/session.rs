@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::i18n::{Lang, Tr};
-use super::{Chrome, UiError, render, urls};
+use super::{Chrome, SessionRefused, UiError, render, urls};
 use crate::auth::{self, Principal};
 use crate::domain::Role;
 use crate::extract::client_address;
@@ -90,8 +90,8 @@ impl Viewer {
 }
 
 impl FromRequest for Viewer {
-    type Error = UiError;
-    type Future = LocalBoxFuture<'static, Result<Self, UiError>>;
+    type Error = SessionRefused;
+    type Future = LocalBoxFuture<'static, Result<Self, SessionRefused>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
@@ -112,21 +112,35 @@ impl FromRequest for Viewer {
                 .unwrap_or_else(|| urls::HOME.to_owned()),
         };
         Box::pin(async move {
-            let state =
-                state.ok_or_else(|| UiError::Api(crate::error::ApiError::internal(anyhow::anyhow!("no state"))))?;
-            if cross_site {
-                return Err(UiError::Csrf);
-            }
-            let Some(token) = token else { return Err(UiError::SignIn { next }) };
-            let Ok(claims) = state.tokens.verify(&token) else { return Err(UiError::SignIn { next }) };
-            let mut conn = state.db().await.map_err(UiError::Api)?;
-            let principal = match auth::resolve(&mut conn, &claims).await {
-                Ok(principal @ (Principal::Admin { .. } | Principal::Donor { .. })) => principal,
-                _ => return Err(UiError::SignIn { next }),
-            };
-            let csrf = csrf_token(&state, &token);
-            Ok(Viewer { principal, csrf, ui })
+            let shown = ui.clone();
+            Self::seat(state, token, cross_site, next, ui).await.map_err(|e| e.seen_by(&shown))
         })
+    }
+}
+
+impl Viewer {
+    /// Who the session cookie names, unless the request must not go on (from another site,
+    /// no live session).
+    async fn seat(
+        state: Option<web::Data<AppState>>,
+        token: Option<String>,
+        cross_site: bool,
+        next: String,
+        ui: Ui,
+    ) -> Result<Viewer, UiError> {
+        let state = state.ok_or_else(|| UiError::Api(crate::error::ApiError::internal(anyhow::anyhow!("no state"))))?;
+        if cross_site {
+            return Err(UiError::Csrf);
+        }
+        let Some(token) = token else { return Err(UiError::SignIn { next }) };
+        let Ok(claims) = state.tokens.verify(&token) else { return Err(UiError::SignIn { next }) };
+        let mut conn = state.db().await.map_err(UiError::Api)?;
+        let principal = match auth::resolve(&mut conn, &claims).await {
+            Ok(principal @ (Principal::Admin { .. } | Principal::Donor { .. })) => principal,
+            _ => return Err(UiError::SignIn { next }),
+        };
+        let csrf = csrf_token(&state, &token);
+        Ok(Viewer { principal, csrf, ui })
     }
 }
 
@@ -247,15 +261,7 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest, body: web::Byte
             let _ = response.add_removal_cookie(&cookie(&req, LOGIN_COOKIE, String::new(), None));
             response
         }
-        Err(error) => {
-            let message = match error.code() {
-                "invalid-credentials" => ui.tr.t("login-wrong"),
-                "too-many-login-failures" => ui.tr.t("login-throttled"),
-                "login-busy" => ui.tr.t("login-busy"),
-                _ => error.message().to_owned(),
-            };
-            login_page(&req, error.status(), &next, email, Some(message))
-        }
+        Err(error) => login_page(&req, error.status(), &next, email, Some(ui.tr.error(&error))),
     }
 }
 

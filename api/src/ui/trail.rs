@@ -35,11 +35,11 @@ pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) 
             Ok(query) => match audit::list_audit(&state, &viewer.principal, query).await {
                 Ok(page) => (page, None),
                 Err(e) if e.status().is_client_error() => {
-                    (AuditPage { items: Vec::new(), next_cursor: None }, Some(e.message().to_owned()))
+                    (AuditPage { items: Vec::new(), next_cursor: None }, Some(viewer.ui.tr.error(&e)))
                 }
                 Err(e) => return Err(e.into()),
             },
-            Err(e) => (AuditPage { items: Vec::new(), next_cursor: None }, Some(e.message().to_owned())),
+            Err(e) => (AuditPage { items: Vec::new(), next_cursor: None }, Some(viewer.ui.tr.error(&e))),
         };
         let next = page.next_cursor.as_ref().map(|cursor| {
             let mut next: Vec<(String, String)> =

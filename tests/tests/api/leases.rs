@@ -257,6 +257,16 @@ async fn a_freed_machine_goes_to_the_tenant_holding_less() {
     ask(&app, &w.ci, runner("aarch64", "sig-a")).await.expect(202);
     let b = ask(&app, &w.ci, runner("aarch64", "sig-b")).await.expect(202);
     assert_eq!(b.body["queue"]["position"], 3, "by priority and age it is third");
+    // The queue ops read (its standings worked out for every lease at once) says the same as
+    // each lease read on its own.
+    let queue = app.get("/api/v1/queue", &w.admin).await.expect(200).body;
+    assert_eq!(queue.as_array().unwrap().len(), 3);
+    for waiting in queue.as_array().unwrap() {
+        let alone = app.get(&format!("/api/v1/leases/{}", waiting["id"].as_str().unwrap()), &w.admin).await;
+        assert_eq!(waiting["queue"], alone.expect(200).body["queue"]);
+    }
+    let positions: Vec<_> = queue.as_array().unwrap().iter().map(|l| l["queue"]["position"].clone()).collect();
+    assert_eq!(positions, [json!(1), json!(2), json!(3)]);
 
     app.post(&format!("/api/v1/leases/{}/release", a1.body["id"].as_str().unwrap()), &w.ci, json!({}))
         .await

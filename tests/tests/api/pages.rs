@@ -96,6 +96,37 @@ async fn ops_account(app: &TestApp, admin: &str) -> String {
     email
 }
 
+/// The registration form as a donor fills it in: one riscv64 board donated for its Saturday
+/// evenings.
+fn registration<'a>(csrf: &'a str, site: &'a str, agreement: &'a str, hostname: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("_csrf", csrf),
+        ("rows", "1"),
+        ("windows", "1"),
+        ("model", "usage_right"),
+        ("site_id", site),
+        ("agreement_ref", agreement),
+        ("starts_on", "2026-12-01"),
+        ("machines[0].hostname", hostname),
+        ("machines[0].arch", "riscv64"),
+        ("machines[0].cpu_model", "SG2042"),
+        ("machines[0].cpu_cores", "64"),
+        ("machines[0].memory_mib", "131072"),
+        ("machines[0].disk_gib", "1024"),
+        ("usage_policy.purposes", "ci"),
+        ("usage_policy.max_concurrent_leases", "2"),
+        ("usage_policy.max_lease_minutes", "240"),
+        ("usage_policy.windows[0].days", "sat"),
+        ("usage_policy.windows[0].start", "20:00"),
+        ("usage_policy.windows[0].end", "24:00"),
+    ]
+}
+
+/// Changes one field of a form.
+fn set<'a>(fields: &mut [(&'a str, &'a str)], name: &str, value: &'a str) {
+    fields.iter_mut().find(|(k, _)| *k == name).expect("a field of the form").1 = value;
+}
+
 fn donor_email(name: &str) -> String {
     let slug: String = name.to_lowercase().chars().filter(char::is_ascii_alphanumeric).collect();
     format!("staff@{slug}.example")
@@ -149,27 +180,8 @@ async fn a_donor_registers_through_the_form_sees_its_mistake_next_to_the_field_a
     assert_eq!(donor.get("/ui/").await.location.as_deref(), Some("/ui/donations"));
     let form = donor.get("/ui/donations/new").await;
     let csrf = form.csrf();
-    let mut fields = vec![
-        ("_csrf", csrf.as_str()),
-        ("rows", "1"),
-        ("windows", "1"),
-        ("model", "usage_right"),
-        ("site_id", w.a.site_id.as_str()),
-        ("agreement_ref", "PLUM-UI-1"),
-        ("starts_on", "2026-12-01"),
-        ("machines[0].hostname", "rv-ui-1"),
-        ("machines[0].arch", "riscv64"),
-        ("machines[0].cpu_model", "SG2042"),
-        ("machines[0].cpu_cores", "sixty-four"),
-        ("machines[0].memory_mib", "131072"),
-        ("machines[0].disk_gib", "1024"),
-        ("usage_policy.purposes", "ci"),
-        ("usage_policy.max_concurrent_leases", "2"),
-        ("usage_policy.max_lease_minutes", "240"),
-        ("usage_policy.windows[0].days", "sat"),
-        ("usage_policy.windows[0].start", "20:00"),
-        ("usage_policy.windows[0].end", "24:00"),
-    ];
+    let mut fields = registration(&csrf, &w.a.site_id, "PLUM-UI-1", "rv-ui-1");
+    set(&mut fields, "machines[0].cpu_cores", "sixty-four");
     let mistaken = donor.post("/ui/donations/new", &fields).await;
     assert_eq!(mistaken.status, 422);
     assert!(
@@ -181,8 +193,7 @@ async fn a_donor_registers_through_the_form_sees_its_mistake_next_to_the_field_a
     let before = app.get(&format!("/api/v1/donations?donor_id={}", w.a.id), &w.a.token).await;
     assert_eq!(before.body["items"].as_array().unwrap().len(), 0, "nothing was written");
 
-    fields.retain(|(k, _)| *k != "machines[0].cpu_cores");
-    fields.push(("machines[0].cpu_cores", "64"));
+    set(&mut fields, "machines[0].cpu_cores", "64");
     let registered = donor.post("/ui/donations/new", &fields).await;
     assert_eq!(registered.status, 303, "{}", registered.body);
     let page = registered.location.unwrap();
@@ -219,6 +230,58 @@ async fn a_donor_registers_through_the_form_sees_its_mistake_next_to_the_field_a
     let token = other.get("/ui/donations").await.csrf();
     assert_eq!(other.post(&format!("{page}/act"), &[("_csrf", &token), ("action", "withdraw")]).await.status, 404);
     assert!(!other.get("/ui/donations").await.body.contains("PLUM-UI-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_the_api_words_are_shown_in_the_viewer_s_language() {
+    let app = TestApp::spawn().await;
+    let w = app.world().await;
+
+    // The API sends each field's problem as a code with its arguments, and in English.
+    let mut bad = machine("riscv64", "RV-CODE-1");
+    bad["cpu_cores"] = json!(0);
+    let refused = app
+        .post("/api/v1/donations", &w.a.token, usage_right_form(&w.a.site_id, "PLUM-CODE-1", vec![bad]))
+        .await
+        .expect(422);
+    let problem = &refused.body["details"]["errors"][0];
+    assert_eq!(problem["field"], "machines[0].cpu_cores");
+    assert_eq!(problem["code"], "between");
+    assert_eq!(problem["args"], json!({ "min": 1, "max": 4096 }));
+    assert_eq!(problem["problem"], "must be between 1 and 4096");
+
+    // A donor whose browser asks for Chinese reads the same problems in Chinese, next to
+    // their fields: a word where a number belongs, a window that ends where it starts.
+    let mut donor = Browser::new(&app, "zh-CN,zh;q=0.9");
+    donor.sign_in(&donor_email("Plumtree Semiconductor")).await;
+    let csrf = donor.get("/ui/donations/new").await.csrf();
+    let mut fields = registration(&csrf, &w.a.site_id, "PLUM-ZH-1", "rv-zh-1");
+    set(&mut fields, "machines[0].cpu_cores", "六十四");
+    let mistaken = donor.post("/ui/donations/new", &fields).await;
+    assert_eq!(mistaken.status, 422);
+    assert!(mistaken.body.contains("必须是整数"), "{}", mistaken.body);
+    set(&mut fields, "machines[0].cpu_cores", "64");
+    set(&mut fields, "usage_policy.windows[0].end", "20:00");
+    let mistaken = donor.post("/ui/donations/new", &fields).await;
+    assert_eq!(mistaken.status, 422);
+    assert!(mistaken.body.contains("不能与开始时间相同"), "{}", mistaken.body);
+    assert!(!mistaken.body.contains("must differ"), "no English on a Chinese page");
+
+    // A refusal of an action (a 409 from the donation's rules) is in Chinese too, with the
+    // donation's status and the action in words.
+    let donation = app
+        .post(
+            "/api/v1/donations",
+            &w.a.token,
+            usage_right_form(&w.a.site_id, "PLUM-ZH-2", vec![machine("riscv64", "RV-ZH-2")]),
+        )
+        .await
+        .expect(201);
+    let page = format!("/ui/donations/{}", id_of(&donation.body));
+    let token = donor.get(&page).await.csrf();
+    let refused = donor.post(&format!("{page}/act"), &[("_csrf", &token), ("action", "resume")]).await;
+    assert_eq!(refused.status, 409);
+    assert!(refused.body.contains("处于“已提交”状态的捐赠不能执行“恢复”"), "{}", refused.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

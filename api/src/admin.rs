@@ -478,7 +478,7 @@ pub async fn local_machine(conn: &mut AsyncPgConnection, token_hours: i64) -> an
                 machine.id
             }
         };
-        let (secret, hash) = crate::handlers::agent::new_enrollment_secret();
+        let (secret, hash) = crate::operations::inventory::new_enrollment_secret();
         db::enrollment::issue(conn, machine, &hash, None, Utc::now() + Duration::hours(token_hours)).await?;
         audit::record(conn, &actor, &[Change::new("machine.enrollment_token_issued", "machine", machine)]).await?;
         Ok((machine, secret))

@@ -1,4 +1,4 @@
-//! The API's representations of machines and donations: what responses show, what audit
+//! The API's representations of machines, donations and users: what responses show, what audit
 //! entries record before and after a change, and what events carry. Shared by handlers and
 //! jobs, so both describe an entity the same way.
 
@@ -8,9 +8,10 @@ use utoipa::ToSchema;
 
 use crate::db::donations::Donation;
 use crate::db::machines::Machine;
+use crate::db::users::User;
 use crate::domain::{
     Accelerator, Arch, DonationId, DonationModel, DonationStatus, DonorId, Health, Labels, LifecycleState, MachineId,
-    SiteId, UsagePolicy, UserId,
+    Role, SiteId, UsagePolicy, UserId,
 };
 
 /// How to log in to a machine over SSH.
@@ -175,6 +176,35 @@ impl From<Donation> for DonationView {
             submitted_by: d.submitted_by,
             created_at: d.created_at,
             updated_at: d.updated_at,
+        }
+    }
+}
+
+/// A user account; the password hash never leaves the server.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: UserId,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    /// The donor a `donor` user belongs to.
+    pub donor_id: Option<DonorId>,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            display_name: u.display_name,
+            role: u.role,
+            donor_id: u.donor_id,
+            disabled: u.disabled_at.is_some(),
+            created_at: u.created_at,
+            updated_at: u.updated_at,
         }
     }
 }

@@ -6,8 +6,6 @@ use std::time::Duration as StdDuration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, get, post, web};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
@@ -29,27 +27,6 @@ use crate::extract::{Json, JsonBody, Query};
 use crate::heartbeats::{facts_hash, facts_text_hash};
 use crate::monitoring::{self, FactsSource};
 use crate::state::AppState;
-
-/// The prefix of enrollment-token secrets, so a leaked one is recognisable.
-const ENROLLMENT_PREFIX: &str = "fyenroll_";
-
-/// A new one-time enrollment token; the secret is shown here only.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct IssuedEnrollmentToken {
-    pub machine_id: MachineId,
-    /// Give this to `fleetyard-agent enroll --token ...` on the machine.
-    pub token: String,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// Makes a fresh enrollment secret and the hash that is stored of it.
-pub fn new_enrollment_secret() -> (String, Vec<u8>) {
-    let mut bytes = [0u8; 32];
-    rand::fill(&mut bytes);
-    let secret = format!("{ENROLLMENT_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
-    let hash = Sha256::digest(secret.as_bytes()).to_vec();
-    (secret, hash)
-}
 
 /// One of two ways to enroll: a machine's one-time `token`, or, on a cloud instance
 /// Fleetyard launched, its launch's `launch_secret` (from the user data) with the

@@ -7,8 +7,8 @@ use crate::auth::Principal;
 use crate::domain::MachineId;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Query};
-use crate::handlers::agent::IssuedEnrollmentToken;
 use crate::operations::inventory;
+use crate::operations::inventory::IssuedEnrollmentToken;
 pub use crate::operations::inventory::{
     LabelEdit, LiftQuarantineRequest, MachineDetail, MachineListQuery, MachinePage, MaintenanceRequest, MonitoringView,
     SshCheckView, TransitionRequest,

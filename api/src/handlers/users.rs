@@ -1,15 +1,14 @@
 //! User accounts for ops and donors' staff.
 
 use actix_web::{HttpResponse, get, patch, post, web};
-use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{PageQuery, page, page_type, paginate};
 use crate::auth::{MIN_PASSWORD_CHARS, Principal, hash_password};
 use crate::db::audit::{self, Change};
-use crate::db::users::{NewUser, User};
+use crate::db::users::NewUser;
 use crate::db::{self, is_unique_violation};
 use crate::domain::validation::{check_email, check_text};
 use crate::domain::{DonorId, FieldErrors, Problem, Role, UserId};
@@ -17,35 +16,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::error_code::ErrorCode;
 use crate::extract::{Json, Query};
 use crate::state::AppState;
-
-/// A user account; the password hash never leaves the server.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct UserView {
-    pub id: UserId,
-    pub email: String,
-    pub display_name: String,
-    pub role: Role,
-    /// The donor a `donor` user belongs to.
-    pub donor_id: Option<DonorId>,
-    pub disabled: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<User> for UserView {
-    fn from(u: User) -> Self {
-        Self {
-            id: u.id,
-            email: u.email,
-            display_name: u.display_name,
-            role: u.role,
-            donor_id: u.donor_id,
-            disabled: u.disabled_at.is_some(),
-            created_at: u.created_at,
-            updated_at: u.updated_at,
-        }
-    }
-}
+use crate::views::UserView;
 
 page_type!(UserPage, UserView);
 

@@ -29,7 +29,7 @@ use crate::domain::{
 };
 use crate::error::ApiError;
 use crate::error_code::ErrorCode;
-use crate::handlers::agent::IssuedEnrollmentToken;
+use crate::operations::inventory::IssuedEnrollmentToken;
 use crate::operations::inventory::issue_enrollment;
 use crate::operations::machines::record_lifecycle_changes;
 use crate::state::AppState;

@@ -3,15 +3,14 @@
 //! probes, quarantine, enrollment tokens and cutting an agent off. Each function checks who is
 //! calling, validates, and writes with its audit entries in one transaction.
 
-use serde_json::json;
-
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
-
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::paging::{CursorKey, page, page_type};
 use crate::auth::{DonorScope, Principal};
@@ -31,11 +30,31 @@ use crate::domain::{
 };
 use crate::error::ApiError;
 use crate::error_code::ErrorCode;
-use crate::handlers::agent::{IssuedEnrollmentToken, new_enrollment_secret};
 use crate::operations::machines::{AgentCutOff, cut_off_agent, record_lifecycle_changes};
 use crate::probe;
 use crate::state::AppState;
 pub use crate::views::{Location, MachineView, SshEndpoint};
+
+/// The prefix of enrollment-token secrets, so a leaked one is recognisable.
+const ENROLLMENT_PREFIX: &str = "fyenroll_";
+
+/// A new one-time enrollment token; the secret is shown here only.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IssuedEnrollmentToken {
+    pub machine_id: MachineId,
+    /// Give this to `fleetyard-agent enroll --token ...` on the machine.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Makes a fresh enrollment secret and the hash that is stored of it.
+pub fn new_enrollment_secret() -> (String, Vec<u8>) {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let secret = format!("{ENROLLMENT_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let hash = Sha256::digest(secret.as_bytes()).to_vec();
+    (secret, hash)
+}
 
 /// A machine with its donation's terms and what the caller may do with it next.
 #[derive(Debug, Serialize, ToSchema)]

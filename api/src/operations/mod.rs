@@ -1,5 +1,5 @@
-//! Operations that more than one caller performs (handlers, schedules, the cloud worker, and
-//! later the web pages), between them and `db`: each runs inside the caller's transaction and
+//! Operations that more than one caller performs (handlers, schedules, the cloud worker and
+//! the web pages), between them and `db`: each runs inside the caller's transaction and
 //! returns values, which handlers turn into HTTP. Rules they apply live in `domain`.
 
 pub mod audit;
@@ -10,3 +10,4 @@ pub mod machines;
 pub mod overview;
 pub mod paging;
 pub mod sessions;
+pub mod sites;

@@ -19,8 +19,8 @@ use crate::domain::Problem;
 use crate::domain::validation::check_text;
 use crate::error::ApiError;
 use crate::error_code::ErrorCode;
-use crate::handlers::users::UserView;
 use crate::state::AppState;
+use crate::views::UserView;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

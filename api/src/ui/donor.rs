@@ -11,9 +11,9 @@ use super::{Chrome, Refused, UiError, Viewer, answer, ok, redirect, render};
 use crate::auth::Principal;
 use crate::domain::{Arch, DonationModel, Problem, SiteKind};
 use crate::error::ApiError;
-use crate::handlers::sites::{SiteListQuery, SiteView, visible_sites};
 use crate::operations::donations::{self, DonationForm};
 use crate::operations::overview::{self, UsageQuery, UsageReport};
+use crate::operations::sites::{SiteListQuery, SiteView, list_sites};
 use crate::state::AppState;
 
 /// Fields the form sends as text that the API takes as numbers.
@@ -90,7 +90,7 @@ impl RegisterPage {
 }
 
 async fn sites(state: &AppState, caller: &Principal) -> Result<Vec<SiteView>, ApiError> {
-    let page = visible_sites(state, caller, SiteListQuery { kind: None, cursor: None, limit: Some(200) }).await?;
+    let page = list_sites(state, caller, SiteListQuery { kind: None, cursor: None, limit: Some(200) }).await?;
     Ok(page.items.into_iter().filter(|s| s.kind != SiteKind::CloudRegion).collect())
 }
 

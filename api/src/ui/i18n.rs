@@ -37,6 +37,13 @@ impl Tr {
         if locale::has(self.lang, &key) { self.t(&key) } else { value }
     }
 
+    /// An audit entry's action (`machine.lifecycle_changed`) in words: the key
+    /// `did-machine-lifecycle-changed`, or the action itself.
+    pub fn did(&self, action: &str) -> String {
+        let key = format!("did-{}", action.replace(['.', '_'], "-"));
+        if locale::has(self.lang, &key) { self.t(&key) } else { action.to_owned() }
+    }
+
     /// A field's problem in the viewer's language.
     pub fn problem(&self, problem: &Problem) -> String {
         problem.text(self.lang)
@@ -164,6 +171,34 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "keys used but not defined: {missing:#?}");
+    }
+
+    #[test]
+    fn every_audit_action_the_code_records_has_words() {
+        let en = keys("en-US");
+        let mut missing = Vec::new();
+        let mut files = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // `Change::new("machine.quarantined", ...)`, and the donation actions' table.
+            let actions = text
+                .split("Change::new(\"")
+                .skip(1)
+                .chain(text.split("=> \"donation.").skip(1))
+                .filter_map(|piece| piece.split('"').next());
+            for action in actions {
+                let action = if action.contains('.') { action.to_owned() } else { format!("donation.{action}") };
+                let key = format!("did-{}", action.replace(['.', '_'], "-"));
+                if !en.contains(&key) {
+                    missing.push(format!("{}: {key}", path.display()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "audit actions without words: {missing:#?}");
     }
 
     #[test]

@@ -9,13 +9,13 @@ use askama::Template;
 use super::{Chrome, Refused, UiError, Viewer, answer, ok, redirect};
 use crate::domain::{Arch, DonationModel, Health, LifecycleState, MachineId, Problem};
 use crate::error::ApiError;
-use crate::handlers::sites::{SiteListQuery, SiteView, visible_sites};
 use crate::operations::audit::{self, AuditPage, AuditQuery};
 use crate::operations::inventory::{
     self, LiftQuarantineRequest, MachineDetail, MachineListQuery, MachinePage, MachineSort, MaintenanceRequest,
     TransitionRequest,
 };
 use crate::operations::leases::{self, LeaseListQuery, LeasePage};
+use crate::operations::sites::{SiteListQuery, SiteView, list_sites};
 use crate::state::AppState;
 use crate::views::Location;
 
@@ -114,13 +114,9 @@ pub async fn list(state: web::Data<AppState>, viewer: Viewer, req: HttpRequest) 
             states: LifecycleState::ALL,
             healths: &[Health::Unknown, Health::Healthy, Health::Degraded, Health::Unreachable],
             models: &[DonationModel::UsageRight, DonationModel::Ownership, DonationModel::Loan],
-            sites: visible_sites(
-                &state,
-                &viewer.principal,
-                SiteListQuery { kind: None, cursor: None, limit: Some(200) },
-            )
-            .await?
-            .items,
+            sites: list_sites(&state, &viewer.principal, SiteListQuery { kind: None, cursor: None, limit: Some(200) })
+                .await?
+                .items,
             next,
             export,
         }))

@@ -116,6 +116,10 @@ impl Chrome {
         self.ui.tr.word(kind, value)
     }
 
+    pub fn did(&self, action: &str) -> String {
+        self.ui.tr.did(action)
+    }
+
     pub fn time(&self, at: &chrono::DateTime<chrono::Utc>) -> String {
         self.ui.tr.time(at)
     }

@@ -240,32 +240,9 @@ pub async fn round_with(
             // Place: leases whose cloud instance is ready take it; the plan gives out the rest.
             let mut queue = db::leases::queued(conn, MAX_QUEUE).await?;
             queue.retain(|l| !capped.contains_key(&l.id));
-            let clouds = !config.clouds.accounts.is_empty();
-            let bound = if clouds { db::clouds::bound_ready(conn).await? } else { Vec::new() };
-            let bound_leases: HashSet<LeaseId> = bound.iter().map(|b| b.lease).collect();
-            let waiting = queue
-                .iter()
-                .filter(|l| !bound_leases.contains(&l.id))
-                .map(|l| {
-                    let mut demand = l.demand();
-                    // A tenant with no cloud budget is not handed a cloud machine either (a
-                    // warm or an imported one) by the plan.
-                    if clouds && demand.placement == Placement::Any && config.clouds.budget_of(&l.tenant) <= 0 {
-                        demand.placement = Placement::Lab;
-                    }
-                    (waiting_of(l), demand)
-                })
-                .collect();
-            let weights = &config.tenant_weights;
-            let planned = placement::plan(
-                waiting,
-                &snap.free,
-                snap.holdings.clone(),
-                |t| weights.get(t).copied().unwrap_or(1.0),
-                Utc::now(),
-            );
+            let (planned, bound) = plan_queue(conn, config, &snap, &queue).await?;
             let placed: HashSet<LeaseId> =
-                planned.iter().map(|(id, _)| *id).chain(bound_leases.iter().copied()).collect();
+                planned.iter().map(|(id, _)| *id).chain(bound.iter().map(|b| b.lease)).collect();
 
             // Refuse what nothing could ever take; send to a cloud what the labs cannot place
             // soon enough.
@@ -280,36 +257,8 @@ pub async fn round_with(
             let ids: Vec<LeaseId> = refused.keys().copied().collect();
             db::leases::delete(conn, &ids).await?;
 
-            // Grant.
-            let mut grants: Vec<Grant> = planned
-                .iter()
-                .map(|(lease, i)| Grant {
-                    lease: *lease,
-                    machine: snap.free[*i].machine_id,
-                    donation: snap.free[*i].donation_id,
-                    donor: snap.free[*i].donor_id,
-                })
-                .collect();
-            grants.extend(bound.iter().map(|b| Grant {
-                lease: b.lease,
-                machine: b.machine,
-                donation: None,
-                donor: None,
-            }));
-            let granted = db::leases::grant(conn, &grants).await?;
+            let granted = grant(conn, config, &mut snap, &planned, &bound).await?;
             let granted_count = granted.len();
-            if clouds && grants.iter().any(|g| g.donation.is_none()) {
-                let ids: Vec<LeaseId> = granted.iter().filter(|l| l.donation_id.is_none()).map(|l| l.id).collect();
-                db::clouds::note_grants(conn, &ids).await?;
-            }
-            let busy: Vec<MachineId> = granted.iter().filter_map(|l| l.machine_id).collect();
-            db::leases::announce_work(conn, &busy).await?;
-            if !granted.is_empty() {
-                // Other replicas' snapshots are stale now. This one stays current (it is updated
-                // below) unless something else changed meanwhile.
-                let bumped = db::leases::bump_placement_epoch(conn).await?;
-                snap.epoch = if bumped == snap.epoch + 1 { bumped } else { STALE };
-            }
             // Requests that would not wait (`max_wait_minutes: 0`) and got nothing fail now.
             let gave_up = db::leases::fail_overdue(conn).await?;
             db::jobs::follow_leases(conn, &granted, &[], &gave_up).await?;
@@ -398,6 +347,76 @@ async fn sort_out_retries(
         }
     }
     Ok((slots, fresh))
+}
+
+/// Phase 5: the plan for the queue. Leases whose cloud instance is ready take it (returned as
+/// bound); the rest are planned onto the snapshot's free machines (lease, index into `free`).
+async fn plan_queue(
+    conn: &mut AsyncPgConnection,
+    config: &Config,
+    snap: &Snapshot,
+    queue: &[Lease],
+) -> Result<(Vec<(LeaseId, usize)>, Vec<db::clouds::BoundReady>), ApiError> {
+    let clouds = !config.clouds.accounts.is_empty();
+    let bound = if clouds { db::clouds::bound_ready(conn).await? } else { Vec::new() };
+    let bound_leases: HashSet<LeaseId> = bound.iter().map(|b| b.lease).collect();
+    let waiting = queue
+        .iter()
+        .filter(|l| !bound_leases.contains(&l.id))
+        .map(|l| {
+            let mut demand = l.demand();
+            // A tenant with no cloud budget is not handed a cloud machine either (a warm or an
+            // imported one) by the plan.
+            if clouds && demand.placement == Placement::Any && config.clouds.budget_of(&l.tenant) <= 0 {
+                demand.placement = Placement::Lab;
+            }
+            (waiting_of(l), demand)
+        })
+        .collect();
+    let weights = &config.tenant_weights;
+    let planned = placement::plan(
+        waiting,
+        &snap.free,
+        snap.holdings.clone(),
+        |t| weights.get(t).copied().unwrap_or(1.0),
+        Utc::now(),
+    );
+    Ok((planned, bound))
+}
+
+/// Phase 8: writes the grants (planned and bound), tells the machines' agents, and moves the
+/// placement epoch on, keeping this replica's snapshot current when nothing else changed.
+async fn grant(
+    conn: &mut AsyncPgConnection,
+    config: &Config,
+    snap: &mut Snapshot,
+    planned: &[(LeaseId, usize)],
+    bound: &[db::clouds::BoundReady],
+) -> Result<Vec<Lease>, ApiError> {
+    let mut grants: Vec<Grant> = planned
+        .iter()
+        .map(|(lease, i)| Grant {
+            lease: *lease,
+            machine: snap.free[*i].machine_id,
+            donation: snap.free[*i].donation_id,
+            donor: snap.free[*i].donor_id,
+        })
+        .collect();
+    grants.extend(bound.iter().map(|b| Grant { lease: b.lease, machine: b.machine, donation: None, donor: None }));
+    let granted = db::leases::grant(conn, &grants).await?;
+    if !config.clouds.accounts.is_empty() && grants.iter().any(|g| g.donation.is_none()) {
+        let ids: Vec<LeaseId> = granted.iter().filter(|l| l.donation_id.is_none()).map(|l| l.id).collect();
+        db::clouds::note_grants(conn, &ids).await?;
+    }
+    let busy: Vec<MachineId> = granted.iter().filter_map(|l| l.machine_id).collect();
+    db::leases::announce_work(conn, &busy).await?;
+    if !granted.is_empty() {
+        // Other replicas' snapshots are stale now. This one stays current (it is updated by
+        // the round) unless something else changed meanwhile.
+        let bumped = db::leases::bump_placement_epoch(conn).await?;
+        snap.epoch = if bumped == snap.epoch + 1 { bumped } else { STALE };
+    }
+    Ok(granted)
 }
 
 /// Phase 6: new requests left unplaced that nothing could ever take, with the reason: no

@@ -137,3 +137,73 @@ pub fn args_of(object: &serde_json::Value) -> Args {
     }
     args
 }
+
+/// A recorded English text's template (`said-*` in `recorded.ftl`): its literal pieces and the
+/// names of its arguments, in order.
+struct Template {
+    key: &'static str,
+    pieces: Vec<Piece>,
+}
+
+enum Piece {
+    Text(&'static str),
+    Arg(&'static str),
+}
+
+/// The templates, the most specific first (the longest literal text): `no heartbeat since
+/// { $at } and the SSH check failed` is tried before `no heartbeat since { $at }`.
+static RECORDED: LazyLock<Vec<Template>> = LazyLock::new(|| {
+    let mut templates: Vec<Template> = include_str!("../locales/en-US/recorded.ftl")
+        .lines()
+        .filter_map(|line| line.split_once(" = "))
+        .filter(|(key, _)| key.starts_with("said-"))
+        .map(|(key, mut text)| {
+            let mut pieces = Vec::new();
+            while let Some((before, rest)) = text.split_once("{ $") {
+                let (name, after) = rest.split_once(" }").expect("a placeable is `{ $name }`");
+                if !before.is_empty() {
+                    pieces.push(Piece::Text(before));
+                }
+                pieces.push(Piece::Arg(name));
+                text = after;
+            }
+            if !text.is_empty() {
+                pieces.push(Piece::Text(text));
+            }
+            Template { key, pieces }
+        })
+        .collect();
+    let literal =
+        |t: &Template| t.pieces.iter().map(|p| if let Piece::Text(s) = p { s.len() } else { 0 }).sum::<usize>();
+    templates.sort_by_key(|t| std::cmp::Reverse(literal(t)));
+    templates
+});
+
+/// A text Fleetyard recorded in English (a health reason, why a lease ended, a cloud note) read
+/// back: the key of its template and its arguments, or `None` for a text no template makes (a
+/// person's note, an error from elsewhere). An argument named `said_*` is itself a recorded
+/// text, and must read back too.
+pub fn read_recorded(text: &str) -> Option<(&'static str, Vec<(&'static str, &str)>)> {
+    RECORDED.iter().find_map(|template| {
+        let mut rest = text;
+        let mut args = Vec::new();
+        for (i, piece) in template.pieces.iter().enumerate() {
+            match piece {
+                Piece::Text(literal) => rest = rest.strip_prefix(literal)?,
+                Piece::Arg(name) => {
+                    let end = match template.pieces.get(i + 1) {
+                        Some(Piece::Text(next)) => rest.find(next)?,
+                        _ => rest.len(),
+                    };
+                    let value = &rest[..end];
+                    if value.is_empty() || (name.starts_with("said_") && read_recorded(value).is_none()) {
+                        return None;
+                    }
+                    args.push((*name, value));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        rest.is_empty().then_some((template.key, args))
+    })
+}

@@ -245,6 +245,7 @@ col-waiting-for = Waiting for
 col-estimate = Expected start
 col-why = Why it waits
 unit-cores = cores
+unit-minutes = min
 machine-leases = Leases and jobs
 col-state = State
 col-holder = Holder

@@ -239,6 +239,7 @@ col-waiting-for = 已等待
 col-estimate = 预计开始
 col-why = 等待原因
 unit-cores = 核
+unit-minutes = 分钟
 machine-leases = 租用与作业
 col-state = 状态
 col-holder = 持有者

@@ -186,9 +186,15 @@ mod tests {
         Observations { last_heartbeat_at: Some(at(last)), disk_used_pct: Some(40.0), ..Default::default() }
     }
 
+    /// The verdict's health; its reason must be one the pages can read back and translate.
     fn health(v: Verdict) -> Health {
         match v {
-            Verdict::Health(h, _) => h,
+            Verdict::Health(h, reason) => {
+                for part in reason.split("; ") {
+                    assert!(crate::locale::read_recorded(part).is_some(), "`{part}` has no template in recorded.ftl");
+                }
+                h
+            }
             Verdict::ConfirmOverSsh => panic!("expected a verdict, got a request to confirm"),
         }
     }

@@ -44,6 +44,31 @@ impl Tr {
         if locale::has(self.lang, &key) { self.t(&key) } else { action.to_owned() }
     }
 
+    /// A text Fleetyard recorded in English (a health reason, why a lease ended, a cloud note) in the
+    /// viewer's language: each `; `-separated part read back against its template, times in
+    /// the viewer's zone; a part no template makes (a person's note) is shown as it is.
+    pub fn said(&self, text: &str) -> String {
+        let one = |part: &str| match locale::read_recorded(part) {
+            Some((key, values)) => {
+                let mut args = Args::new();
+                for (name, value) in values {
+                    let value = match DateTime::parse_from_rfc3339(value) {
+                        Ok(at) => self.time(&at.to_utc()),
+                        Err(_) if name.starts_with("said_") => self.said(value),
+                        Err(_) => value.to_owned(),
+                    };
+                    args.insert(name.into(), value.into());
+                }
+                locale::text_with(self.lang, key, &args)
+            }
+            None => part.to_owned(),
+        };
+        if locale::read_recorded(text).is_some() {
+            return one(text);
+        }
+        text.split("; ").map(one).collect::<Vec<_>>().join("; ")
+    }
+
     /// A field's problem in the viewer's language.
     pub fn problem(&self, problem: &Problem) -> String {
         problem.text(self.lang)
@@ -199,6 +224,46 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "audit actions without words: {missing:#?}");
+    }
+
+    #[test]
+    fn recorded_texts_are_read_back_and_shown_in_the_viewer_s_language() {
+        // Every template reads back what it makes (its own key, its own arguments).
+        let en_file = include_str!("../../locales/en-US/recorded.ftl");
+        for (key, template) in
+            en_file.lines().filter_map(|l| l.split_once(" = ")).filter(|(k, _)| k.starts_with("said-"))
+        {
+            let sample = |name: &str| {
+                if name.starts_with("said_") { "its time ran out".to_owned() } else { format!("<{name}>") }
+            };
+            let names: Vec<&str> = template.split("{ $").skip(1).filter_map(|p| p.split(" }").next()).collect();
+            let args = Args::from_iter(names.iter().map(|n| ((*n).to_owned().into(), sample(n).into())));
+            let text = locale::text_with(Lang::En, key, &args);
+            let (read, values) =
+                locale::read_recorded(&text).unwrap_or_else(|| panic!("{key}: `{text}` not read back"));
+            assert_eq!(read, key, "`{text}`");
+            assert!(values.iter().all(|(name, value)| *value == sample(name)), "{key}: {values:?}");
+        }
+        // What the code records, as it records it.
+        let zh = Tr { lang: Lang::ZhCn, tz: chrono_tz::Asia::Shanghai };
+        for recorded in [
+            "its time ran out",
+            "no machine became free before its deadline",
+            "its machine left the pool (maintenance)",
+            "its job was cancelled by ops@example.org",
+            "released by ci-riscv",
+            "its cloud instance was lost; queued again",
+            "no cloud offers riscv64 with 64 cores; waiting for the labs",
+            "every cloud offer that fits failed recently (capacity); trying again from 2026-12-06T01:00:00+00:00; waiting for the labs",
+        ] {
+            assert!(locale::read_recorded(recorded).is_some(), "`{recorded}`");
+        }
+        assert_eq!(
+            zh.said("no heartbeat since 2026-12-06T00:30:00+00:00 and the SSH check failed"),
+            "自 2026-12-06 08:30 CST 起没有心跳，且 SSH 检查失败"
+        );
+        assert_eq!(zh.said("root file system 97% full; clock off by 4.2 s"), "根文件系统已用 97%; 时钟偏差 4.2 秒");
+        assert_eq!(zh.said("fixed the fan"), "fixed the fan", "a person's note is shown as it is");
     }
 
     #[test]

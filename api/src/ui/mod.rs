@@ -116,6 +116,10 @@ impl Chrome {
         self.ui.tr.word(kind, value)
     }
 
+    pub fn said(&self, text: &str) -> String {
+        self.ui.tr.said(text)
+    }
+
     pub fn did(&self, action: &str) -> String {
         self.ui.tr.did(action)
     }

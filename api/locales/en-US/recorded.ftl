@@ -1,0 +1,42 @@
+# Reasons Fleetyard records as English text (a machine's health, why a lease ended), exactly as
+# the code writes them: the pages read a recorded text back against these templates and show it
+# in the viewer's language (`locale::read_recorded`). Plain text and `{ $name }` only.
+said-no-heartbeat-since = no heartbeat since { $at }
+said-silent-but-ssh-answers = the agent is silent since { $at } but the machine answers over SSH
+said-no-heartbeat-ssh-failed = no heartbeat since { $at } and the SSH check failed
+said-never-heard = no agent has reported and no SSH check has run
+said-ssh-checks-failed = the last { $n } SSH checks failed
+said-ssh-not-yet = SSH checks have not succeeded yet
+said-disk-full = root file system { $pct }% full
+said-clock-off = clock off by { $secs } s
+said-overloaded-since = overloaded since { $at }
+said-reporting-normally = reporting normally
+said-time-ran-out = its time ran out
+said-machine-quarantined = its machine was quarantined
+said-machine-unreachable = its machine became unreachable
+said-machine-left-pool = its machine left the pool ({ $state })
+said-machine-lost = its machine was lost
+said-no-machine-before-deadline = no machine became free before its deadline
+said-job-finished = its job finished
+said-job-cancelled-by = its job was cancelled by { $by }
+said-withdrawn-by = withdrawn by { $by }
+said-released-by = released by { $by }
+said-cloud-instance-lost = its cloud instance was lost; queued again
+said-cloud-instance-is = its cloud instance is { $state }
+said-cloud-gone = its cloud account or region is no longer configured
+said-agent-never-came = its agent did not enroll and report within the boot timeout
+said-not-needed = its lease no longer needed it before it was launched
+said-no-cloud = no cloud is configured
+said-waiting-for-labs = waiting for the labs (a machine is expected by { $at }); a cloud instance from { $from } if none is free
+said-then-labs = { $said_why }; waiting for the labs
+said-no-budget = the tenant `{ $tenant }` has no cloud budget (clouds.tenant_budgets)
+said-launching = launching a { $flavour } instance ({ $market }, { $arch }) in { $provider } { $region } at { $price } { $currency }/h
+said-trusted-only = trusted_only requests stay in the foundation's lab
+said-no-offer = no cloud offers { $arch }
+said-no-offer-cores = no cloud offers { $arch } with { $cores } cores
+said-no-offer-memory = no cloud offers { $arch } with { $gib } GiB of memory
+said-no-offer-disk = no cloud offers { $arch } with { $gib } GiB of disk
+said-no-offer-labels = no cloud offers { $arch } with the labels asked for
+said-offers-failed = every cloud offer that fits failed recently ({ $kinds }); trying again from { $at }
+said-accounts-full = the cloud accounts that offer it run as many instances as they may ({ $accounts })
+said-budget-short = the tenant's monthly cloud budget has { $left } { $currency } left; the cheapest instance that fits ({ $offer } at { $price } { $currency }/h) could cost up to { $bound } { $currency } for this request

@@ -40,3 +40,6 @@ said-no-offer-labels = no cloud offers { $arch } with the labels asked for
 said-offers-failed = every cloud offer that fits failed recently ({ $kinds }); trying again from { $at }
 said-accounts-full = the cloud accounts that offer it run as many instances as they may ({ $accounts })
 said-budget-short = the tenant's monthly cloud budget has { $left } { $currency } left; the cheapest instance that fits ({ $offer } at { $price } { $currency }/h) could cost up to { $bound } { $currency } for this request
+said-facts-reported-by = facts reported by { $source }
+said-agent-reports = its agent reports
+said-server-imported = { $provider } server { $server } imported

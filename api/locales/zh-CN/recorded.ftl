@@ -38,3 +38,6 @@ said-no-offer-labels = 没有云提供带所需标签的 { $arch }
 said-offers-failed = 所有合适的云实例最近都启动失败（{ $kinds }）；将从 { $at } 起重试
 said-accounts-full = 提供该实例的云账号已达实例数上限（{ $accounts }）
 said-budget-short = 该租户本月云预算剩余 { $left } { $currency }；最便宜的合适实例（{ $offer }，每小时 { $price } { $currency }）本次最多可能花费 { $bound } { $currency }
+said-facts-reported-by = 硬件信息由 { $source } 报告
+said-agent-reports = 其代理已开始报告
+said-server-imported = 已导入 { $provider } 服务器 { $server }

@@ -254,6 +254,8 @@ mod tests {
             "released by ci-riscv",
             "its cloud instance was lost; queued again",
             "no cloud offers riscv64 with 64 cores; waiting for the labs",
+            "facts reported by agent",
+            "huawei server 6f1c-aa imported",
             "every cloud offer that fits failed recently (capacity); trying again from 2026-12-06T01:00:00+00:00; waiting for the labs",
         ] {
             assert!(locale::read_recorded(recorded).is_some(), "`{recorded}`");

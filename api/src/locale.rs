@@ -1,7 +1,9 @@
 //! The texts people read, in English and Simplified Chinese: Fluent files compiled in
 //! (`api/locales/{en-US,zh-CN}/*.ftl`). The pages' words are here, and so is every problem the
-//! API names ([`crate::domain::Problem`]) and every error code ([`crate::error::ErrorCode`]):
-//! the API answers in English from the same files the pages translate from.
+//! API names ([`crate::domain::Problem`]) and every error code
+//! ([`crate::error_code::ErrorCode`]): the API answers in English from the same files the pages
+//! translate from. Reasons Fleetyard records as English text are read back here
+//! ([`read_recorded`]) so that the pages can show them translated.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
-//! The pages' two languages (the texts are in [`crate::locale`]), chosen per request (the `fy_lang` cookie, else `Accept-Language`), and times shown in the
-//! viewer's time zone (the `fy_tz` cookie the pages' script sets; UTC without it).
+//! The viewer's language (the texts are in [`crate::locale`]), chosen per request (the
+//! `fy_lang` cookie, else `Accept-Language`), and times shown in the viewer's time zone (the
+//! `fy_tz` cookie the pages' script sets; UTC without it).
 
 use chrono::{DateTime, Utc};
 

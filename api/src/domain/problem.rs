@@ -158,22 +158,19 @@ impl Problem {
                 return Problem::WholeNumber;
             }
         }
-        if let Some(value) = message.strip_prefix('`') {
-            for (suffix, make) in [
-                ("` is not a date in YYYY-MM-DD form", Problem::not_a_date as fn(String) -> Problem),
-                ("` is not a time in RFC 3339 form", |value| Problem::NotATime { value }),
-                ("` is not a time of day in HH:MM form (00:00 to 24:00)", |value| Problem::NotAClockTime { value }),
-            ] {
-                if let Some(value) = value.strip_suffix(suffix) {
-                    return make(value.to_owned());
-                }
+        if let Some(rest) = message.strip_prefix('`') {
+            let value = |suffix: &str| rest.strip_suffix(suffix).map(str::to_owned);
+            if let Some(value) = value("` is not a date in YYYY-MM-DD form") {
+                return Problem::NotADate { value };
+            }
+            if let Some(value) = value("` is not a time in RFC 3339 form") {
+                return Problem::NotATime { value };
+            }
+            if let Some(value) = value("` is not a time of day in HH:MM form (00:00 to 24:00)") {
+                return Problem::NotAClockTime { value };
             }
         }
         Problem::Invalid { detail: message.to_owned() }
-    }
-
-    fn not_a_date(value: String) -> Problem {
-        Problem::NotADate { value }
     }
 }
 

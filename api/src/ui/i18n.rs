@@ -45,29 +45,30 @@ impl Tr {
         if locale::has(self.lang, &key) { self.t(&key) } else { action.to_owned() }
     }
 
-    /// A text Fleetyard recorded in English (a health reason, why a lease ended, a cloud note) in the
-    /// viewer's language: each `; `-separated part read back against its template, times in
-    /// the viewer's zone; a part no template makes (a person's note) is shown as it is.
+    /// A text Fleetyard recorded in English (a health reason, why a lease ended, a cloud note)
+    /// in the viewer's language: read back against its template, or else each `; `-separated
+    /// part; times in the viewer's zone. A part no template makes (a person's note) is shown as
+    /// it is.
     pub fn said(&self, text: &str) -> String {
-        let one = |part: &str| match locale::read_recorded(part) {
-            Some((key, values)) => {
-                let mut args = Args::new();
-                for (name, value) in values {
-                    let value = match DateTime::parse_from_rfc3339(value) {
-                        Ok(at) => self.time(&at.to_utc()),
-                        Err(_) if name.starts_with("said_") => self.said(value),
-                        Err(_) => value.to_owned(),
-                    };
-                    args.insert(name.into(), value.into());
-                }
-                locale::text_with(self.lang, key, &args)
-            }
-            None => part.to_owned(),
-        };
-        if locale::read_recorded(text).is_some() {
-            return one(text);
+        self.recorded(text).unwrap_or_else(|| {
+            let parts = text.split("; ").map(|part| self.recorded(part).unwrap_or_else(|| part.to_owned()));
+            parts.collect::<Vec<_>>().join("; ")
+        })
+    }
+
+    /// One recorded text in the viewer's language, if a template makes it.
+    fn recorded(&self, text: &str) -> Option<String> {
+        let (key, values) = locale::read_recorded(text)?;
+        let mut args = Args::new();
+        for (name, value) in values {
+            let value = match DateTime::parse_from_rfc3339(value) {
+                Ok(at) => self.time(&at.to_utc()),
+                Err(_) if name.starts_with("said_") => self.said(value),
+                Err(_) => value.to_owned(),
+            };
+            args.insert(name.into(), value.into());
         }
-        text.split("; ").map(one).collect::<Vec<_>>().join("; ")
+        Some(locale::text_with(self.lang, key, &args))
     }
 
     /// A field's problem in the viewer's language.
